@@ -1,0 +1,48 @@
+"""roomcast: a real-time messaging hub.
+
+WebSocket connections grouped into rooms, broadcast to a room or to everyone,
+presence, replay of missed messages on reconnect, and scale-out across server
+processes through Redis. Mount it into any ASGI app, or run ``roomcast serve``.
+"""
+
+from roomcast._version import __version__
+from roomcast.brokers.base import Broker, BrokerHandler, HistoryPage, PresenceMember, PresenceStore
+from roomcast.brokers.memory import MemoryBroker, MemoryPresence
+from roomcast.connection import Connection
+from roomcast.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    CloseCode,
+    ConfigError,
+    ErrorCode,
+    HubClosed,
+    ProtocolError,
+    RoomcastError,
+)
+from roomcast.hub import HandlerConfig, Hub
+from roomcast.protocol import Message, MessageType, PresenceStatus
+
+__all__ = [
+    "Broker",
+    "BrokerError",
+    "BrokerHandler",
+    "BrokerUnavailable",
+    "CloseCode",
+    "ConfigError",
+    "Connection",
+    "ErrorCode",
+    "HandlerConfig",
+    "HistoryPage",
+    "Hub",
+    "HubClosed",
+    "MemoryBroker",
+    "MemoryPresence",
+    "Message",
+    "MessageType",
+    "PresenceMember",
+    "PresenceStatus",
+    "PresenceStore",
+    "ProtocolError",
+    "RoomcastError",
+    "__version__",
+]

@@ -1,0 +1,188 @@
+"""The broker interface: how a hub reaches every pod, and where history and presence live.
+
+A room message goes to the broker, which appends it to the room's bounded
+history (assigning its per-room ``offset``), and hands it back to every hub that
+subscribes to the room, the origin included, through
+:meth:`BrokerHandler.handle_publication`. The hub delivers only what the broker
+hands back, so all members of a room see one order: the history's.
+
+Implementations: :class:`~roomcast.brokers.memory.MemoryBroker` (one process, the
+default) and the Redis broker (many pods). One conformance suite
+(``tests/brokers/conformance.py``) runs against each.
+
+Call order: :meth:`Broker.start` once, then any other method, then
+:meth:`Broker.close` once. ``publish`` never raises: a failure is reported to
+:meth:`BrokerHandler.handle_publish_error`, which degrades gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from roomcast.protocol import Encoded, Message, PresenceStatus
+
+__all__ = [
+    "Broker",
+    "BrokerHandler",
+    "HistoryPage",
+    "PresenceMember",
+    "PresenceStore",
+    "RoomStats",
+]
+
+
+class BrokerHandler(Protocol):
+    """What a broker calls back into (the hub implements it)."""
+
+    def handle_publication(self, encoded: Encoded) -> None:
+        """Deliver a message the broker hands back (room message or global, ``room`` None).
+
+        ``encoded.message`` carries the final fields (``offset`` for retained
+        messages); ``encoded.payload`` is what every member receives.
+        """
+
+    def handle_publish_error(self, message: Message, exc: BaseException) -> None:
+        """The broker could not publish ``message``; deliver it locally, count and log it."""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A slice of a room's history.
+
+    Attributes:
+        room: the room.
+        epoch: identifies this incarnation of the room's history; it changes
+            whenever the history is lost, so offsets are comparable only within it.
+        offset: the offset of the room's newest message (0 if none yet).
+        messages: retained messages, oldest first.
+        recovered: when a ``since`` id was asked for, whether it was found, so
+            ``messages`` are exactly the ones after it (else False).
+    """
+
+    room: str
+    epoch: str
+    offset: int
+    messages: list[Encoded] = field(default_factory=list)
+    recovered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceMember:
+    """One user present in a room, aggregated over all of the user's connections."""
+
+    user_id: str
+    status: PresenceStatus
+    connections: int
+    info: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form used by the HTTP API."""
+        out: dict[str, Any] = {
+            "user_id": self.user_id,
+            "status": self.status.value,
+            "connections": self.connections,
+        }
+        if self.info is not None:
+            out["info"] = self.info
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RoomStats:
+    """Cluster-wide counts for one room."""
+
+    room: str
+    connections: int
+    users: int
+
+
+@runtime_checkable
+class PresenceStore(Protocol):
+    """Who is in which room, aggregated per user over connections (and pods)."""
+
+    async def add(self, room: str, *, user_id: str, conn_id: str, info: Any = None) -> bool:
+        """Record ``conn_id`` of ``user_id`` in ``room``.
+
+        Returns:
+            True if this is the user's first connection in the room (the user
+            just came online there), else False.
+        """
+        ...
+
+    async def remove(self, room: str, *, user_id: str, conn_id: str) -> bool:
+        """Forget ``conn_id`` of ``user_id`` in ``room``.
+
+        Returns:
+            True if it was the user's last connection in the room (the user just
+            went offline there), else False.
+        """
+        ...
+
+    async def set_status(self, room: str, *, user_id: str, status: PresenceStatus) -> bool:
+        """Set ``user_id``'s status in ``room``; return True if it changed."""
+        ...
+
+    async def members(self, room: str) -> list[PresenceMember]:
+        """Return the users present in ``room``, sorted by user id."""
+        ...
+
+    async def rooms(self) -> list[RoomStats]:
+        """Return every room with at least one connection, sorted by name."""
+        ...
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """Carries messages between hubs and keeps each room's history."""
+
+    presence: PresenceStore
+    """The presence store that goes with this broker."""
+
+    async def start(self, handler: BrokerHandler) -> None:
+        """Connect and start delivering publications to ``handler``."""
+        ...
+
+    async def close(self) -> None:
+        """Stop delivering, release connections and tasks. Idempotent."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Whether the broker is reachable right now (drives ``/readyz``)."""
+        ...
+
+    def publish(self, message: Message) -> asyncio.Future[Message]:
+        """Publish a stamped message to its room (or to everyone when ``room`` is None).
+
+        Retained messages (:attr:`Message.retained`) are appended to the room's
+        history first and get their ``offset``. Publications from one caller are
+        handed back in the order they were published. Never raises.
+
+        Returns:
+            A future resolved with the message as stored (``offset`` set when
+            retained), or, if publishing failed, with the message unchanged after
+            :meth:`BrokerHandler.handle_publish_error` was called.
+        """
+        ...
+
+    async def subscribe(self, room: str) -> None:
+        """Start receiving ``room``'s publications (first local member joined)."""
+        ...
+
+    async def unsubscribe(self, room: str) -> None:
+        """Stop receiving ``room``'s publications (last local member left)."""
+        ...
+
+    async def history(
+        self, room: str, *, since: str | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        """Return retained messages of ``room``, oldest first.
+
+        Args:
+            since: return the messages after this id; ``recovered`` tells
+                whether it was still retained.
+            limit: at most this many messages (without ``since``: the newest ones).
+        """
+        ...

@@ -1,0 +1,230 @@
+"""The in-memory broker: one process, no dependencies, the default.
+
+Publishing a room message appends it to the room's bounded history and hands it
+straight back to the hub, in the same call, so a single pod delivers each message
+exactly once, in history order, with no extra task or copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from roomcast.brokers.base import BrokerHandler, HistoryPage, PresenceMember, RoomStats
+from roomcast.errors import HubClosed
+from roomcast.protocol import Encoded, Message, PresenceStatus, encode
+
+__all__ = ["MemoryBroker", "MemoryPresence"]
+
+
+class _Stream:
+    """One room's history: an epoch, the last offset, and a bounded deque."""
+
+    __slots__ = ("entries", "epoch", "offset", "touched")
+
+    def __init__(self, size: int, now: float) -> None:
+        self.epoch = secrets.token_hex(4)
+        self.offset = 0
+        self.entries: deque[Encoded] = deque(maxlen=size)
+        self.touched = now
+
+
+class MemoryBroker:
+    """A broker for a single process.
+
+    Args:
+        history_size: messages kept per room (0 disables history).
+        history_ttl: seconds after a room's last publication when its history is
+            dropped (0 keeps it as long as the process lives).
+        clock: monotonic seconds, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        history_size: int = 100,
+        history_ttl: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.presence = MemoryPresence()
+        self._history_size = history_size
+        self._history_ttl = history_ttl
+        self._clock = clock
+        self._streams: dict[str, _Stream] = {}
+        self._handler: BrokerHandler | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Always True while started: there is nothing to be unreachable."""
+        return self._handler is not None
+
+    async def start(self, handler: BrokerHandler) -> None:
+        """Start delivering publications to ``handler``."""
+        self._handler = handler
+        if self._history_size and self._history_ttl:
+            self._sweeper = asyncio.create_task(self._sweep(), name="roomcast-history-sweeper")
+
+    async def close(self) -> None:
+        """Stop delivering and drop every history."""
+        self._handler = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        self._streams.clear()
+
+    def publish(self, message: Message) -> asyncio.Future[Message]:
+        """Append ``message`` to its room's history if retained, then hand it back."""
+        handler = self._handler
+        if handler is None:
+            raise HubClosed("the broker is not started")
+        room = message.room
+        if room is not None and message.retained and self._history_size:
+            stream = self._open(room)
+            stream.offset += 1
+            message.offset = stream.offset
+            encoded = Encoded(encode(message), message)
+            stream.entries.append(encoded)
+            stream.touched = self._clock()
+        else:
+            encoded = Encoded(encode(message), message)
+        handler.handle_publication(encoded)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        future.set_result(message)
+        return future
+
+    async def subscribe(self, room: str) -> None:
+        """Nothing to do: every publication is handed back in-process."""
+
+    async def unsubscribe(self, room: str) -> None:
+        """Nothing to do: every publication is handed back in-process."""
+
+    async def history(
+        self, room: str, *, since: str | None = None, limit: int | None = None
+    ) -> HistoryPage:
+        """Return retained messages of ``room``, oldest first (see :class:`Broker`)."""
+        stream = self._open(room) if self._history_size else None
+        if stream is None:
+            return HistoryPage(room=room, epoch="", offset=0, messages=[], recovered=False)
+        entries = list(stream.entries)
+        recovered = False
+        if since is not None:
+            for index, entry in enumerate(entries):
+                if entry.message is not None and entry.message.id == since:
+                    entries = entries[index + 1 :]
+                    recovered = True
+                    break
+            else:
+                entries = []
+            if limit is not None:
+                entries = entries[:limit]
+        elif limit is not None:
+            entries = entries[-limit:] if limit > 0 else []
+        return HistoryPage(
+            room=room,
+            epoch=stream.epoch,
+            offset=stream.offset,
+            messages=entries,
+            recovered=recovered,
+        )
+
+    def _open(self, room: str) -> _Stream:
+        # The room's live stream; an expired one is replaced by a new epoch.
+        now = self._clock()
+        stream = self._streams.get(room)
+        if stream is None or self._expired(stream, now):
+            stream = self._streams[room] = _Stream(self._history_size, now)
+        return stream
+
+    def _expired(self, stream: _Stream, now: float) -> bool:
+        return bool(self._history_ttl) and now - stream.touched > self._history_ttl
+
+    async def _sweep(self) -> None:
+        # Drop expired histories so idle rooms do not hold memory forever.
+        interval = max(1.0, self._history_ttl / 2)
+        while True:
+            await asyncio.sleep(interval)
+            now = self._clock()
+            for room in [r for r, s in self._streams.items() if self._expired(s, now)]:
+                del self._streams[room]
+
+
+class _Presence:
+    __slots__ = ("connections", "info", "status")
+
+    def __init__(self, info: Any) -> None:
+        self.connections: set[str] = set()
+        self.status = PresenceStatus.ONLINE
+        self.info = info
+
+
+class MemoryPresence:
+    """Presence for a single process: user -> connection ids, per room."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, dict[str, _Presence]] = {}
+
+    async def add(self, room: str, *, user_id: str, conn_id: str, info: Any = None) -> bool:
+        """Record a connection; True if the user just came online in ``room``."""
+        users = self._rooms.setdefault(room, {})
+        entry = users.get(user_id)
+        first = entry is None
+        if entry is None:
+            entry = users[user_id] = _Presence(info)
+        elif info is not None:
+            entry.info = info
+        entry.connections.add(conn_id)
+        return first
+
+    async def remove(self, room: str, *, user_id: str, conn_id: str) -> bool:
+        """Forget a connection; True if it was the user's last one in ``room``."""
+        users = self._rooms.get(room)
+        entry = users.get(user_id) if users is not None else None
+        if users is None or entry is None or conn_id not in entry.connections:
+            return False
+        entry.connections.discard(conn_id)
+        if entry.connections:
+            return False
+        del users[user_id]
+        if not users:
+            del self._rooms[room]
+        return True
+
+    async def set_status(self, room: str, *, user_id: str, status: PresenceStatus) -> bool:
+        """Set the user's status in ``room``; True if it changed."""
+        entry = self._rooms.get(room, {}).get(user_id)
+        if entry is None or entry.status is status:
+            return False
+        entry.status = status
+        return True
+
+    async def members(self, room: str) -> list[PresenceMember]:
+        """Users present in ``room``, sorted by user id."""
+        users = self._rooms.get(room, {})
+        return [
+            PresenceMember(
+                user_id=user_id,
+                status=entry.status,
+                connections=len(entry.connections),
+                info=entry.info,
+            )
+            for user_id, entry in sorted(users.items())
+        ]
+
+    async def rooms(self) -> list[RoomStats]:
+        """Rooms with at least one connection, sorted by name."""
+        return [
+            RoomStats(
+                room=room,
+                connections=sum(len(e.connections) for e in users.values()),
+                users=len(users),
+            )
+            for room, users in sorted(self._rooms.items())
+        ]

@@ -1,0 +1,115 @@
+"""Exceptions, error codes and close codes.
+
+Every exception roomcast raises derives from :class:`RoomcastError`::
+
+    RoomcastError
+    ├── ConfigError          bad settings, raised before anything starts
+    ├── ProtocolError        a client message that breaks SPEC §3 (carries an ErrorCode)
+    ├── BrokerError          the broker could not do what was asked
+    │   └── BrokerUnavailable  the broker is unreachable right now
+    └── HubClosed            the hub is not running
+
+Errors a client caused are answered with an ``error`` message carrying an
+:class:`ErrorCode`; a connection that must end is closed with a :class:`CloseCode`.
+Both tables are documented in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = [
+    "BrokerError",
+    "BrokerUnavailable",
+    "CloseCode",
+    "ConfigError",
+    "ErrorCode",
+    "HubClosed",
+    "ProtocolError",
+    "RoomcastError",
+]
+
+
+class ErrorCode(enum.StrEnum):
+    """Codes of ``{"type": "error"}`` messages. The connection stays open."""
+
+    INVALID_JSON = "invalid_json"
+    """The frame is not valid JSON text."""
+    INVALID_MESSAGE = "invalid_message"
+    """The JSON is not an object with the shape of a message (field types, sizes, type)."""
+    FORBIDDEN_TYPE = "forbidden_type"
+    """Clients may send chat, presence, ping, join, leave and auth only."""
+    NOT_MEMBER = "not_member"
+    """The message targets a room this connection has not joined."""
+    FORBIDDEN_ROOM = "forbidden_room"
+    """The connection's credentials do not allow this room."""
+    INVALID_ROOM = "invalid_room"
+    """The room name breaks the naming rules (1-128 of ``A-Za-z0-9_-.:@``)."""
+    RATE_LIMITED = "rate_limited"
+    """The connection sends faster than its rate limit; the message was dropped."""
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes the server uses, with their reconnect advice."""
+
+    NORMAL = 1000
+    """Normal closure (the client asked). Do not reconnect."""
+    GOING_AWAY = 1001
+    """The client went away."""
+    PROTOCOL_ERROR = 1002
+    """The client broke the WebSocket protocol. Reconnect after fixing the client."""
+    UNSUPPORTED_DATA = 1003
+    """Unsupported data."""
+    INVALID_DATA = 1007
+    """A text frame was not valid UTF-8."""
+    POLICY_VIOLATION = 1008
+    """Persistent abuse (rate limit exceeded over and over). Reconnect with backoff."""
+    MESSAGE_TOO_BIG = 1009
+    """A frame exceeded ``--max-message-bytes``. Do not resend it."""
+    INTERNAL_ERROR = 1011
+    """The server failed. Reconnect with backoff."""
+    SERVICE_RESTART = 1012
+    """The server is shutting down. Reconnect with backoff (to another pod)."""
+    TOKEN_EXPIRED = 4001
+    """The connection's token expired and was not refreshed. Reconnect with a new token."""
+    SLOW_CONSUMER = 4008
+    """The client read too slowly and its send queue filled. Reconnect and recover."""
+
+
+class RoomcastError(Exception):
+    """Root of every exception raised by roomcast."""
+
+
+class ConfigError(RoomcastError):
+    """A setting is invalid. The message names the setting and what is wrong with it."""
+
+
+class ProtocolError(RoomcastError):
+    """A client message is not acceptable.
+
+    Attributes:
+        code: the :class:`ErrorCode` sent back to the client.
+        detail: human-readable explanation, sent as the error's ``error`` field.
+        ref: the client's ``ref`` for the offending message, echoed back when known.
+    """
+
+    def __init__(self, code: ErrorCode, detail: str, *, ref: str | None = None) -> None:
+        super().__init__(code, detail, ref)
+        self.code = code
+        self.detail = detail
+        self.ref = ref
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.detail}"
+
+
+class BrokerError(RoomcastError):
+    """The broker failed to carry out an operation."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached right now; the caller should degrade gracefully."""
+
+
+class HubClosed(RoomcastError):
+    """The hub is not running (not started yet, or already closed)."""

@@ -1,0 +1,668 @@
+"""The hub: connections, rooms, the message protocol's server behaviour, presence.
+
+:class:`Hub` is the facade an application holds. It owns the local
+:class:`~roomcast.registry.Registry`, a :class:`~roomcast.brokers.base.Broker`
+(in-memory by default) and the metrics, and implements SPEC §3's server
+behaviour. It does no network I/O itself: front ends (:mod:`roomcast.native`,
+:mod:`roomcast.asgi`) feed it frames and it queues encoded messages on
+connections.
+
+Typical use::
+
+    hub = Hub()
+    app = Starlette(
+        routes=[Mount("/ws", app=hub.websocket_app(HandlerConfig()))],
+        lifespan=hub.lifespan,
+    )
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from roomcast.brokers.base import Broker, PresenceMember
+from roomcast.brokers.memory import MemoryBroker
+from roomcast.connection import (
+    Connection,
+    ConnectionHook,
+    Flusher,
+    MessageHook,
+)
+from roomcast.errors import CloseCode, ErrorCode, HubClosed, ProtocolError
+from roomcast.metrics import Metrics
+from roomcast.protocol import (
+    ClientMessage,
+    Encoded,
+    Message,
+    MessageFactory,
+    MessageType,
+    PresenceStatus,
+    default_id,
+    parse,
+    validate_room,
+)
+from roomcast.registry import Registry
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from roomcast.config import Settings
+
+__all__ = ["Admission", "HandlerConfig", "Hub", "Refusal"]
+
+_log = logging.getLogger("roomcast.hub")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HandlerConfig:
+    """How one WebSocket endpoint treats its connections (the seed's HandlerConfig).
+
+    Hooks may be plain functions or coroutine functions. A plain function runs
+    inline on the event loop and must be quick (it blocks everything while it
+    runs); a coroutine function runs in the connection's own pipeline, so a slow
+    one delays only that connection's later messages, never other connections.
+
+    Attributes:
+        on_connect: called with the connection after its welcome and first join.
+        on_disconnect: called with the connection after it left every room.
+        on_message: called with ``(connection, message)`` for each chat message
+            before it is published; return the message (possibly changed) to
+            publish it, or None to drop it.
+        auth_required: refuse connections without a valid token (HTTP 401).
+    """
+
+    on_connect: ConnectionHook | None = None
+    on_disconnect: ConnectionHook | None = None
+    on_message: MessageHook | None = None
+    auth_required: bool = False
+
+
+EndpointConfig = HandlerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A connection request the hub accepts: the room to join and who is asking."""
+
+    room: str | None
+    user_id: str | None = None
+    info: Any = None
+    last_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A connection request refused before the upgrade, with its HTTP status."""
+
+    status: int
+    message: str
+
+
+class Hub:
+    """Rooms of WebSocket connections, broadcast, presence; one per pod.
+
+    Args:
+        broker: carries messages between pods and keeps history; a
+            :class:`MemoryBroker` when None.
+        metrics_registry: Prometheus registry for the hub's collectors; a private
+            one when None.
+        max_connections: connections this pod accepts; more get HTTP 503.
+        max_message_bytes: largest client frame; larger ones close with 1009.
+        send_queue: messages buffered per connection before it is closed with 4008.
+        rate: client messages per second per connection (0 disables the limit).
+        burst: messages a connection may send at once before the rate applies.
+        ping_interval: seconds between protocol pings to each connection.
+        ping_timeout: seconds to wait for the pong before dropping the connection.
+        history_size: messages kept per room by the default broker.
+        history_ttl: seconds of inactivity before the default broker drops a room's history.
+        id_factory: returns new message ids (UUIDv7 by default).
+        clock: wall-clock seconds, for timestamps.
+    """
+
+    def __init__(
+        self,
+        *,
+        broker: Broker | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+        # Limits
+        max_connections: int = 10_000,
+        max_message_bytes: int = 65_536,
+        send_queue: int = 256,
+        rate: float = 20.0,
+        burst: int = 40,
+        # Keepalive
+        ping_interval: float = 20.0,
+        ping_timeout: float = 20.0,
+        # History (default broker)
+        history_size: int = 100,
+        history_ttl: float = 300.0,
+        # Determinism
+        id_factory: Callable[[], str] = default_id,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.broker: Broker = (
+            broker
+            if broker is not None
+            else MemoryBroker(history_size=history_size, history_ttl=history_ttl)
+        )
+        self.metrics = Metrics(metrics_registry)
+        self.registry = Registry()
+        self.messages = MessageFactory(id_factory=id_factory, clock=clock)
+        self.node_id = secrets.token_hex(3)
+        # Limits
+        self.max_connections = max_connections
+        self.max_message_bytes = max_message_bytes
+        self.send_queue = send_queue
+        self.rate = rate
+        self.burst = burst
+        # Keepalive
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        # Lifecycle
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flusher: Flusher | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._keepalive: asyncio.Task[None] | None = None
+        self._handshakes = 0
+        self.draining = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Hub:
+        """Build a hub from :class:`~roomcast.config.Settings` (extra kwargs win)."""
+        options: dict[str, Any] = {
+            "max_connections": settings.max_connections,
+            "max_message_bytes": settings.max_message_bytes,
+            "send_queue": settings.send_queue,
+            "rate": settings.rate,
+            "burst": settings.burst,
+            "ping_interval": settings.ping_interval,
+            "ping_timeout": settings.ping_timeout,
+            "history_size": settings.history_size,
+            "history_ttl": settings.history_ttl,
+        }
+        options.update(kwargs)
+        return cls(**options)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the hub runs on (set by :meth:`start`)."""
+        if self._loop is None:
+            raise HubClosed("the hub is not started: use 'async with hub' or its lifespan")
+        return self._loop
+
+    @property
+    def flusher(self) -> Flusher:
+        """The flusher shared by this hub's connections."""
+        if self._flusher is None:
+            raise HubClosed("the hub is not started")
+        return self._flusher
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has run and :meth:`close` has not."""
+        return self._loop is not None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the hub takes traffic: started, not draining, broker reachable."""
+        return self.started and not self.draining and self.broker.ready
+
+    async def start(self) -> None:
+        """Start the broker and the keepalive sweeper. Call once."""
+        if self._loop is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._flusher = Flusher(self._loop)
+        self.draining = False
+        await self.broker.start(self)
+        self._keepalive = self._loop.create_task(self._sweep(), name="roomcast-keepalive")
+
+    async def close(self, *, code: int = CloseCode.SERVICE_RESTART, timeout: float = 5.0) -> None:
+        """Close every connection with ``code`` (1012 by default), then stop the broker."""
+        if self._loop is None:
+            return
+        self.draining = True
+        for conn in list(self.registry.connections.values()):
+            conn.close(code, "server shutting down")
+        deadline = self._loop.time() + timeout
+        while self.registry.connections and self._loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.registry.connections.values()):
+            conn.abort()
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.broker.close()
+        self._loop = None
+        self._flusher = None
+
+    async def __aenter__(self) -> Hub:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Starlette/FastAPI lifespan: ``Starlette(..., lifespan=hub.lifespan)``."""
+        async with self:
+            yield
+
+    def spawn(self, coro: Awaitable[Any], *, name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the hub owns (awaited or cancelled at close)."""
+        task = self.loop.create_task(_as_coroutine(coro), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("background task failed", exc_info=task.exception())
+
+    # -- ASGI front ends ------------------------------------------------------------
+
+    def websocket_app(self, config: HandlerConfig | None = None) -> Any:
+        """Return the WebSocket endpoint as an ASGI app (mount it at ``/ws``).
+
+        ``/`` connects without a room, ``/{room}`` connects and joins ``room``.
+        """
+        from roomcast.asgi import WebSocketApp
+
+        return WebSocketApp(self, config or HandlerConfig())
+
+    def api_app(self, *, api_key: str | None = None, insecure: bool = False) -> Any:
+        """Return the HTTP API of SPEC §2 as an ASGI app (mount it at ``/``)."""
+        from roomcast.asgi import ApiApp
+
+        return ApiApp(self, api_key=api_key, insecure=insecure)
+
+    # -- admission --------------------------------------------------------------------
+
+    def admit(self, route: str, query: Mapping[str, str]) -> Admission | Refusal:
+        """Decide, before the upgrade, whether a WebSocket request may connect.
+
+        Args:
+            route: the path below the endpoint's mount point: ``""``/``"/"`` or
+                ``"/{room}"``.
+            query: the decoded query parameters.
+        """
+        if self.draining or self._loop is None:
+            return Refusal(503, "server shutting down")
+        if len(self.registry) + self._handshakes >= self.max_connections:
+            return Refusal(503, "server at capacity")
+        name = route.strip("/")
+        room = None
+        if name:
+            if "/" in name:
+                return Refusal(404, "no such endpoint")
+            try:
+                room = validate_room(name)
+            except ProtocolError as exc:
+                return Refusal(400, exc.detail)
+        return Admission(room=room, last_id=query.get("last_id") or None)
+
+    def handshake_started(self) -> None:
+        """Count a connection between admission and :meth:`attach` (capacity check)."""
+        self._handshakes += 1
+
+    def handshake_ended(self) -> None:
+        """Undo :meth:`handshake_started` (the upgrade finished or failed)."""
+        self._handshakes -= 1
+
+    def refused(self, refusal: Refusal) -> None:
+        """Count a refused connection attempt."""
+        self.metrics.rejected.labels(status=str(refusal.status)).inc()
+
+    # -- connection lifecycle -----------------------------------------------------------
+
+    def attach(self, conn: Connection, admission: Admission) -> None:
+        """Register an upgraded connection: send its welcome, join its room, run on_connect."""
+        self.registry.add(conn)
+        self.metrics.connections.set(len(self.registry))
+        rooms = [admission.room] if admission.room is not None else []
+        conn.send(
+            self.messages.system(
+                "welcome",
+                {
+                    "connection_id": conn.id,
+                    "user_id": conn.user_id,
+                    "rooms": rooms,
+                    "recovered": False,
+                },
+            )
+        )
+        conn.run_async(self._connected(conn, admission.room))
+
+    async def _connected(self, conn: Connection, room: str | None) -> None:
+        if room is not None:
+            await self._join(conn, room, reply=False)
+        hook = conn.config.on_connect
+        if hook is not None:
+            await _call(hook, conn)
+
+    def detach(self, conn: Connection) -> None:
+        """Forget a connection whose transport is gone; presence and hooks follow."""
+        if conn.closed:
+            return
+        conn.closed = True
+        conn.pending = None
+        if self.registry.connections.get(conn.id) is not conn:
+            return
+        left = self.registry.remove(conn)
+        self.metrics.connections.set(len(self.registry))
+        self.metrics.rooms.set(len(self.registry.rooms))
+        if self._loop is not None:
+            self.spawn(self._disconnected(conn, left), name=f"roomcast-disconnect-{conn.id}")
+
+    async def _disconnected(self, conn: Connection, left: list[tuple[str, bool]]) -> None:
+        await conn.drain_inbox()
+        for room, last in left:
+            await self._after_leave(conn, room, last)
+        hook = conn.config.on_disconnect
+        if hook is not None:
+            await _call(hook, conn)
+
+    def on_slow_consumer(self, conn: Connection) -> None:
+        """Count and log a connection closed because its send queue filled."""
+        self.metrics.slow_consumers.inc()
+        _log.warning(
+            "slow consumer: send queue full, closing with 4008",
+            extra={"conn_id": conn.id, "user_id": conn.user_id, "remote": conn.remote},
+        )
+
+    def reject_overload(self, conn: Connection) -> None:
+        """A connection's inbox is full (its hooks are too slow): drop the frame."""
+        self.metrics.rate_limited.inc()
+        self.send_error(
+            conn, ProtocolError(ErrorCode.RATE_LIMITED, "too many messages waiting; dropped")
+        )
+
+    # -- inbound ------------------------------------------------------------------------
+
+    def handle(self, conn: Connection, raw: str | bytes) -> Awaitable[None] | None:
+        """Handle one client frame.
+
+        Returns None when done, or an awaitable the connection must run before its
+        next frame (see :meth:`Connection.receive`).
+        """
+        self.metrics.messages_received.inc()
+        now = self.loop.time()
+        if not conn.bucket.take(now):
+            self.metrics.rate_limited.inc()
+            abuse = conn.abuse
+            if abuse is not None and not abuse.take(now):
+                _log.warning(
+                    "closing connection over the rate limit (1008)",
+                    extra={"conn_id": conn.id, "remote": conn.remote},
+                )
+                conn.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+                return None
+            self.send_error(
+                conn,
+                ProtocolError(
+                    ErrorCode.RATE_LIMITED,
+                    f"rate limit of {self.rate:g} messages/s exceeded; message dropped",
+                ),
+            )
+            return None
+        try:
+            msg = parse(raw)
+            kind = msg.type
+            if kind is MessageType.CHAT:
+                return self._chat(conn, msg)
+            if kind is MessageType.PING:
+                pong = self.messages.make(MessageType.PONG, data=msg.data)
+                conn.send(pong)
+                return None
+            if kind is MessageType.JOIN:
+                assert msg.room is not None  # parse() requires it  # noqa: S101
+                return self._join(conn, msg.room, reply=True, ref=msg.ref)
+            if kind is MessageType.LEAVE:
+                assert msg.room is not None  # noqa: S101
+                return self._leave(conn, msg.room, ref=msg.ref)
+            if kind is MessageType.PRESENCE:
+                return self._set_status(conn, msg)
+            return self._auth(conn, msg)
+        except ProtocolError as exc:
+            self.send_error(conn, exc)
+            return None
+
+    def send_error(self, conn: Connection, exc: ProtocolError) -> None:
+        """Send ``exc`` to ``conn`` as an ``error`` message."""
+        self.metrics.errors.labels(code=exc.code.value).inc()
+        conn.send(self.messages.error(exc.code, exc.detail, ref=exc.ref))
+
+    def _target(self, conn: Connection, msg: ClientMessage) -> str:
+        room = msg.room
+        if room is None:
+            if len(conn.rooms) != 1:
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE,
+                    f"'room' is required when joined to {len(conn.rooms)} rooms",
+                    ref=msg.ref,
+                )
+            (room,) = conn.rooms
+        elif room not in conn.rooms:
+            raise ProtocolError(
+                ErrorCode.NOT_MEMBER, f"not a member of room {room!r}; join it first", ref=msg.ref
+            )
+        return room
+
+    def _chat(self, conn: Connection, msg: ClientMessage) -> Awaitable[None] | None:
+        room = self._target(conn, msg)
+        message = self.messages.make(MessageType.CHAT, room=room, data=msg.data, sender=conn.user_id)
+        hook = conn.config.on_message
+        if hook is None:
+            self.broker.publish(message)
+            return None
+        try:
+            result = hook(conn, message)
+        except Exception:
+            _log.exception("on_message hook failed; message dropped", extra={"conn_id": conn.id})
+            return None
+        if inspect.isawaitable(result):
+            return self._chat_async(conn, result)
+        if result is not None:
+            self.broker.publish(result)
+        return None
+
+    async def _chat_async(self, conn: Connection, pending: Awaitable[Message | None]) -> None:
+        try:
+            result = await pending
+        except Exception:
+            _log.exception("on_message hook failed; message dropped", extra={"conn_id": conn.id})
+            return
+        if result is not None and not conn.closed:
+            self.broker.publish(result)
+
+    async def _join(
+        self, conn: Connection, room: str, *, reply: bool, ref: str | None = None
+    ) -> None:
+        if conn.closed:
+            return
+        if room not in conn.rooms:
+            first_local = self.registry.join(conn, room)
+            self.metrics.rooms.set(len(self.registry.rooms))
+            if first_local:
+                await self.broker.subscribe(room)
+            came_online = await self.broker.presence.add(
+                room, user_id=conn.user_id, conn_id=conn.id, info=conn.info
+            )
+            if came_online:
+                self.broker.publish(
+                    self.messages.presence(room, conn.user_id, PresenceStatus.ONLINE, info=conn.info)
+                )
+        if reply:
+            data: dict[str, Any] = {"room": room, "recovered": False}
+            if ref is not None:
+                data["ref"] = ref
+            conn.send(self.messages.system("joined", data, room=room))
+
+    async def _leave(self, conn: Connection, room: str, *, ref: str | None) -> None:
+        if room not in conn.rooms:
+            self.send_error(
+                conn, ProtocolError(ErrorCode.NOT_MEMBER, f"not a member of room {room!r}", ref=ref)
+            )
+            return
+        last_local = self.registry.leave(conn, room)
+        self.metrics.rooms.set(len(self.registry.rooms))
+        data: dict[str, Any] = {"room": room}
+        if ref is not None:
+            data["ref"] = ref
+        conn.send(self.messages.system("left", data, room=room))
+        await self._after_leave(conn, room, last_local)
+
+    async def _after_leave(self, conn: Connection, room: str, last_local: bool) -> None:
+        went_offline = await self.broker.presence.remove(
+            room, user_id=conn.user_id, conn_id=conn.id
+        )
+        if went_offline and self.started:
+            self.broker.publish(self.messages.presence(room, conn.user_id, PresenceStatus.OFFLINE))
+        if last_local and room not in self.registry.rooms:
+            await self.broker.unsubscribe(room)
+
+    async def _set_status(self, conn: Connection, msg: ClientMessage) -> None:
+        status = PresenceStatus(msg.data["status"])
+        rooms = [self._target(conn, msg)] if msg.room is not None else sorted(conn.rooms)
+        conn.status = status
+        for room in rooms:
+            if await self.broker.presence.set_status(room, user_id=conn.user_id, status=status):
+                self.broker.publish(
+                    self.messages.presence(room, conn.user_id, status, info=conn.info)
+                )
+
+    def _auth(self, conn: Connection, msg: ClientMessage) -> None:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            "this server does not check tokens, so there is nothing to refresh",
+            ref=msg.ref,
+        )
+
+    # -- outbound -------------------------------------------------------------------------
+
+    def handle_publication(self, encoded: Encoded) -> None:
+        """Deliver a publication the broker handed back to the local members it targets."""
+        message = encoded.message
+        room = message.room if message is not None else None
+        conns = (
+            self.registry.connections.values()
+            if room is None
+            else self.registry.rooms.get(room)
+        )
+        if not conns:
+            return
+        n = Registry.fanout(conns, encoded, self.flusher)
+        metrics = self.metrics
+        metrics.messages_sent.inc(n)
+        metrics.fanouts.inc()
+        if message is not None and message.created:
+            metrics.delivery_latency.observe(max(0.0, time.time() - message.created))
+
+    def handle_publish_error(self, message: Message, exc: BaseException) -> None:
+        """Degrade gracefully: count, warn, and deliver ``message`` to local members."""
+        self.metrics.redis_publish_errors.inc()
+        _log.warning(
+            "broker publish failed; delivering locally only",
+            extra={"room": message.room, "error": str(exc)},
+        )
+        self.handle_publication(Encoded.of(message))
+
+    # -- application API --------------------------------------------------------------------
+
+    async def publish(self, message: Message) -> Message:
+        """Publish ``message`` to its room (or to everyone when ``room`` is None).
+
+        Server-assigned fields are filled in when empty. Returns the message as
+        stored, with ``offset`` set when the room retains it.
+
+        Raises:
+            ProtocolError: ``invalid_room`` for a bad room name.
+            HubClosed: the hub is not running.
+        """
+        if message.room is not None:
+            validate_room(message.room)
+        if not message.id:
+            self.messages.stamp(message)
+        if self._loop is None:
+            raise HubClosed("the hub is not started")
+        return await self.broker.publish(message)
+
+    def broadcast(self, message: Message) -> None:
+        """Publish without waiting (the seed's ``hub.Broadcast``); see :meth:`publish`."""
+        if message.room is not None:
+            validate_room(message.room)
+        if not message.id:
+            self.messages.stamp(message)
+        self.broker.publish(message)
+
+    async def presence(self, room: str) -> list[PresenceMember]:
+        """Users present in ``room`` (cluster-wide with a cluster broker)."""
+        return await self.broker.presence.members(validate_room(room))
+
+    async def rooms(self) -> list[dict[str, Any]]:
+        """Rooms with their local and cluster-wide connection counts and user counts."""
+        stats = {s.room: s for s in await self.broker.presence.rooms()}
+        names = sorted(set(stats) | set(self.registry.rooms))
+        out = []
+        for name in names:
+            stat = stats.get(name)
+            out.append(
+                {
+                    "room": name,
+                    "connections": len(self.registry.rooms.get(name, ())),
+                    "cluster_connections": stat.connections if stat else 0,
+                    "users": stat.users if stat else 0,
+                }
+            )
+        return out
+
+    @property
+    def connection_count(self) -> int:
+        """Connections on this pod."""
+        return len(self.registry)
+
+    # -- keepalive --------------------------------------------------------------------------
+
+    async def _sweep(self) -> None:
+        period = max(0.05, min(1.0, self.ping_interval / 4, self.ping_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = self.loop.time()
+            for conn in list(self.registry.connections.values()):
+                try:
+                    conn.keepalive(now)
+                except Exception:
+                    _log.exception("keepalive failed", extra={"conn_id": conn.id})
+                    conn.abort()
+
+
+async def _as_coroutine(aw: Awaitable[Any]) -> Any:
+    return await aw
+
+
+async def _call(hook: Callable[..., Any], *args: Any) -> Any:
+    try:
+        result = hook(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+    except Exception:
+        _log.exception("hook %s failed", getattr(hook, "__name__", hook))
+        return None

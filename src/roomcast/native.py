@@ -1,0 +1,341 @@
+"""The native WebSocket front end: an asyncio protocol that writes frames itself.
+
+uvicorn hands every WebSocket upgrade request to its ``ws`` protocol class; the
+standalone server plugs :func:`protocol_class` in there, so plain HTTP stays on
+ASGI while WebSocket connections skip the ASGI message layer entirely. The
+opening handshake, frame parsing, UTF-8 and size checks, pings and the closing
+handshake are done by the sans-I/O :class:`websockets.server.ServerProtocol`;
+outgoing data frames are built once per message by
+:attr:`roomcast.protocol.Encoded.frame` and written by :meth:`NativeConnection.flush`
+with one ``transport.write`` per connection per event-loop iteration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, ClassVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
+
+from roomcast.connection import Connection
+from roomcast.errors import CloseCode, ErrorCode, ProtocolError
+from roomcast.hub import Admission, HandlerConfig, Hub, Refusal
+
+__all__ = ["NativeConnection", "NativeWebSocketProtocol", "protocol_class"]
+
+_log = logging.getLogger("roomcast.native")
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds to wait for the client's close frame (or to drain to a slow client)."""
+
+
+class NativeConnection(Connection):
+    """A connection that writes its frames straight to an asyncio transport."""
+
+    __slots__ = ("ping_at", "ping_payload", "proto")
+
+    kind = "native"
+
+    def __init__(self, proto: NativeWebSocketProtocol, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proto = proto
+        self.ping_payload: bytes | None = None
+        self.ping_at = self.hub.loop.time() + self.hub.ping_interval
+
+    def writable(self) -> bool:
+        """False while the transport's buffer is above its high-water mark."""
+        return not self.proto.paused
+
+    def flush(self) -> None:
+        """Write every pending frame in one ``transport.write``."""
+        pending = self.pending
+        if not pending or self.proto.paused:
+            return
+        if len(pending) == 1:
+            data = pending[0].frame
+        else:
+            data = b"".join([e.frame for e in pending])
+        pending.clear()
+        self.proto.transport.write(data)
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Flush, send a close frame, forget the connection, and close after the handshake."""
+        self.proto.close(code, reason)
+
+    def abort(self) -> None:
+        """Drop the TCP connection now."""
+        self.proto.transport.abort()
+
+    def keepalive(self, now: float) -> None:
+        """Ping every ``ping_interval``; fail the connection after ``ping_timeout``."""
+        if self.closed:
+            return
+        if self.ping_payload is not None:
+            if now - self.ping_at >= self.hub.ping_timeout:
+                _log.info(
+                    "no pong within the ping timeout; closing",
+                    extra={"conn_id": self.id, "remote": self.remote},
+                )
+                self.proto.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+        elif now >= self.ping_at:
+            self.ping_payload = os.urandom(4)
+            self.ping_at = now
+            self.proto.ping(self.ping_payload)
+
+    def pong(self, payload: bytes) -> None:
+        """A pong arrived; clear the outstanding ping if it answers it."""
+        if payload == self.ping_payload:
+            self.ping_payload = None
+            self.ping_at = self.hub.loop.time() + self.hub.ping_interval
+
+
+class NativeWebSocketProtocol(asyncio.Protocol):
+    """uvicorn ``ws`` protocol class bound to a hub (build it with :func:`protocol_class`).
+
+    Handles ``{prefix}`` and ``{prefix}/{room}``; any other path gets HTTP 404.
+    """
+
+    hub: ClassVar[Hub]
+    config: ClassVar[HandlerConfig]
+    prefix: ClassVar[str] = "/ws"
+
+    def __init__(
+        self,
+        config: Any = None,
+        server_state: Any = None,
+        app_state: Any = None,
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.server_connections: set[Any] | None = (
+            server_state.connections if server_state is not None else None
+        )
+        self.ws = ServerProtocol(max_size=self.hub.max_message_bytes, logger=_log)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.conn: NativeConnection | None = None
+        self.paused = False
+        self.close_sent = False
+        self.close_timer: asyncio.TimerHandle | None = None
+        self.fragments: list[bytes] = []
+        self.fragment_text = True
+        self.remote = ""
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport; uvicorn feeds the upgrade request next."""
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.remote = f"{peer[0]}:{peer[1]}"
+        if self.server_connections is not None:
+            self.server_connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection (presence and hooks follow in the hub)."""
+        if self.server_connections is not None:
+            self.server_connections.discard(self)
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        conn = self.conn
+        if conn is not None:
+            self.hub.detach(conn)
+
+    def pause_writing(self) -> None:
+        """The transport buffer is full: frames wait in the connection's pending list."""
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        """The transport drained: flush what waited."""
+        self.paused = False
+        conn = self.conn
+        if conn is not None and conn.pending:
+            self.hub.flusher.mark(conn)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse frames and hand complete text messages to the connection."""
+        ws = self.ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if type(event) is Frame:
+                self.frame_received(event)
+            elif isinstance(event, Request):
+                self.handshake(event)
+        self.write_protocol_data()
+        if ws.parser_exc is not None and not self.close_sent:
+            # The parser failed the connection (1002, 1007, 1009): close frame is out.
+            self.after_close_sent()
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed: let the transport close."""
+        return None
+
+    # -- uvicorn's server state -------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """uvicorn is shutting down: close with 1012 (or refuse a pending handshake)."""
+        if self.conn is None:
+            self.transport.close()
+        else:
+            self.close(CloseCode.SERVICE_RESTART, "server shutting down")
+
+    # -- handshake --------------------------------------------------------------------------
+
+    def handshake(self, request: Request) -> None:
+        hub = self.hub
+        parts = urlsplit(request.path)
+        path = unquote(parts.path)
+        decision: Admission | Refusal
+        if path == self.prefix or path.startswith(self.prefix + "/"):
+            query = dict(parse_qsl(parts.query))
+            decision = hub.admit(path[len(self.prefix) :], query)
+        else:
+            decision = Refusal(404, "no such endpoint")
+        if isinstance(decision, Refusal):
+            self.refuse(decision)
+            return
+        response = self.ws.accept(request)
+        self.ws.send_response(response)
+        self.write_protocol_data()
+        if response.status_code != 101:
+            self.close_sent = True
+            self.transport.close()
+            return
+        conn = self.conn = NativeConnection(
+            self,
+            hub,
+            self.config,
+            user_id=decision.user_id,
+            info=decision.info,
+            remote=self.remote,
+        )
+        hub.attach(conn, decision)
+
+    def refuse(self, refusal: Refusal) -> None:
+        self.hub.refused(refusal)
+        response = self.ws.reject(refusal.status, refusal.message + "\n")
+        self.ws.send_response(response)
+        self.write_protocol_data()
+        self.close_sent = True
+        self.transport.close()
+
+    # -- frames -----------------------------------------------------------------------------
+
+    def frame_received(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+            if frame.fin:
+                self.message_received(frame.data, opcode is Opcode.TEXT)
+            else:
+                self.fragments = [frame.data]
+                self.fragment_text = opcode is Opcode.TEXT
+        elif opcode is Opcode.CONT:
+            self.fragments.append(frame.data)
+            if frame.fin:
+                data, self.fragments = b"".join(self.fragments), []
+                self.message_received(data, self.fragment_text)
+        elif opcode is Opcode.PONG:
+            if self.conn is not None:
+                self.conn.pong(bytes(frame.data))
+        elif opcode is Opcode.CLOSE:
+            self.close_received()
+        # PING: the protocol queued the pong; write_protocol_data sends it.
+
+    def message_received(self, data: bytes, text: bool) -> None:
+        conn = self.conn
+        if conn is None or self.close_sent:
+            return
+        if not text:
+            conn.hub.send_error(
+                conn,
+                ProtocolError(
+                    ErrorCode.INVALID_MESSAGE, "binary frames are not supported; send JSON text"
+                ),
+            )
+            return
+        try:
+            payload = data.decode()
+        except UnicodeDecodeError:
+            self.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text frame")
+            return
+        conn.receive(payload)
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        """Flush what is pending, send a close frame, and forget the connection."""
+        if self.close_sent:
+            return
+        conn = self.conn
+        if conn is not None and conn.pending and not self.paused:
+            conn.flush()
+        try:
+            self.ws.send_close(code, reason)
+        except InvalidState:
+            pass
+        self.write_protocol_data()
+        self.after_close_sent()
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close because the client broke the protocol or went silent."""
+        if self.close_sent:
+            return
+        self.ws.fail(code, reason)
+        self.write_protocol_data()
+        self.after_close_sent()
+
+    def after_close_sent(self) -> None:
+        self.close_sent = True
+        conn = self.conn
+        if conn is not None:
+            self.hub.detach(conn)
+        if self.close_timer is None and not self.transport.is_closing():
+            self.close_timer = asyncio.get_running_loop().call_later(
+                CLOSE_TIMEOUT, self.transport.abort
+            )
+
+    def close_received(self) -> None:
+        # The protocol queued its echo of the client's close frame (if we had not
+        # sent ours already); once both are exchanged the server closes the TCP.
+        self.write_protocol_data()
+        if not self.close_sent:
+            self.close_sent = True
+            conn = self.conn
+            if conn is not None:
+                self.hub.detach(conn)
+        self.transport.close()
+
+    def ping(self, payload: bytes) -> None:
+        """Send a protocol-level ping."""
+        if self.close_sent:
+            return
+        self.ws.send_ping(payload)
+        self.write_protocol_data()
+
+    def write_protocol_data(self) -> None:
+        out = self.ws.data_to_send()
+        if not out:
+            return
+        data = b"".join(out)  # an empty chunk means "close the TCP": handled by callers
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+def protocol_class(
+    hub: Hub, config: HandlerConfig | None = None, *, prefix: str = "/ws"
+) -> type[NativeWebSocketProtocol]:
+    """Return a uvicorn ``ws`` protocol class serving ``hub`` at ``prefix``.
+
+    Pass it as ``uvicorn.Config(app, ws=protocol_class(hub))``.
+    """
+    return type(
+        "BoundNativeWebSocketProtocol",
+        (NativeWebSocketProtocol,),
+        {"hub": hub, "config": config or HandlerConfig(), "prefix": prefix.rstrip("/")},
+    )

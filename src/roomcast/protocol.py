@@ -1,0 +1,413 @@
+"""The message protocol of SPEC §3, without I/O.
+
+This module turns client frames into :class:`ClientMessage` objects (or raises
+:class:`~roomcast.errors.ProtocolError` with the exact error code to send back),
+stamps server messages with their server-assigned fields, and encodes them once
+into :class:`Encoded` payloads that every recipient shares.
+
+Nothing here touches a socket or an event loop, so all of it is tested directly.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+import uuid_utils
+
+from roomcast.errors import ErrorCode, ProtocolError
+
+__all__ = [
+    "CLIENT_TYPES",
+    "RETAINED_TYPES",
+    "ClientMessage",
+    "Encoded",
+    "Message",
+    "MessageFactory",
+    "MessageType",
+    "PresenceStatus",
+    "encode",
+    "is_valid_room",
+    "parse",
+    "validate_room",
+]
+
+
+class MessageType(enum.StrEnum):
+    """The ``type`` field of a message."""
+
+    CHAT = "chat"
+    PRESENCE = "presence"
+    NOTIFICATION = "notification"
+    SYSTEM = "system"
+    ERROR = "error"
+    PING = "ping"
+    PONG = "pong"
+    JOIN = "join"
+    LEAVE = "leave"
+    AUTH = "auth"
+
+
+class PresenceStatus(enum.StrEnum):
+    """A user's presence in a room."""
+
+    ONLINE = "online"
+    AWAY = "away"
+    OFFLINE = "offline"
+
+
+CLIENT_TYPES: Final = frozenset(
+    {
+        MessageType.CHAT,
+        MessageType.PRESENCE,
+        MessageType.PING,
+        MessageType.JOIN,
+        MessageType.LEAVE,
+        MessageType.AUTH,
+    }
+)
+"""Types a client may send; any other type is answered with ``forbidden_type``."""
+
+RETAINED_TYPES: Final = frozenset(
+    {MessageType.CHAT, MessageType.NOTIFICATION, MessageType.SYSTEM}
+)
+"""Types kept in a room's history (when published to a room)."""
+
+CLIENT_STATUSES: Final = frozenset({PresenceStatus.ONLINE, PresenceStatus.AWAY})
+"""Presence statuses a client may set for itself."""
+
+MAX_REF_LENGTH: Final = 64
+MAX_ROOM_LENGTH: Final = 128
+_ROOM_RE: Final = re.compile(r"[A-Za-z0-9_\-.:@]{1,128}")
+
+
+def is_valid_room(name: object) -> bool:
+    """Tell whether ``name`` is a valid room name (1-128 of ``A-Za-z0-9_-.:@``)."""
+    return isinstance(name, str) and _ROOM_RE.fullmatch(name) is not None
+
+
+def validate_room(name: object, *, ref: str | None = None) -> str:
+    """Return ``name`` if it is a valid room name.
+
+    Raises:
+        ProtocolError: with :attr:`ErrorCode.INVALID_ROOM` otherwise.
+    """
+    if isinstance(name, str) and _ROOM_RE.fullmatch(name) is not None:
+        return name
+    shown = name[:40] + "…" if isinstance(name, str) and len(name) > 40 else name
+    raise ProtocolError(
+        ErrorCode.INVALID_ROOM,
+        f"invalid room name {shown!r}: use 1-{MAX_ROOM_LENGTH} characters of A-Z a-z 0-9 _ - . : @",
+        ref=ref,
+    )
+
+
+@dataclass(slots=True, kw_only=True)
+class Message:
+    """A message as it travels from the server to clients.
+
+    ``id``, ``timestamp`` and ``from_`` (``from`` on the wire) are assigned by the
+    server; whatever a client sends in them is ignored. ``offset`` is the message's
+    position in its room's history, assigned by the broker for retained messages.
+    """
+
+    type: MessageType
+    room: str | None = None
+    data: Any = None
+    id: str = ""
+    from_: str | None = None
+    timestamp: str = ""
+    offset: int | None = None
+    created: float = field(default=0.0, compare=False)
+    """Wall-clock seconds when the server stamped the message (not sent on the wire)."""
+
+    @property
+    def retained(self) -> bool:
+        """Whether the message goes into its room's history (SPEC §3.7)."""
+        return self.room is not None and self.type in RETAINED_TYPES
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the wire form as a dict (``from_`` spelled ``from``; unset fields left out)."""
+        out: dict[str, Any] = {"id": self.id, "type": self.type.value}
+        if self.room is not None:
+            out["room"] = self.room
+        if self.from_ is not None:
+            out["from"] = self.from_
+        if self.data is not None:
+            out["data"] = self.data
+        out["timestamp"] = self.timestamp
+        if self.offset is not None:
+            out["offset"] = self.offset
+        return out
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Message:
+        """Rebuild a server message from its wire form (for brokers and clients).
+
+        Raises:
+            ProtocolError: if ``obj`` is not a well-formed server message.
+        """
+        try:
+            type_ = MessageType(obj["type"])
+            offset = obj.get("offset")
+            return cls(
+                type=type_,
+                room=obj.get("room"),
+                data=obj.get("data"),
+                id=str(obj.get("id", "")),
+                from_=obj.get("from"),
+                timestamp=str(obj.get("timestamp", "")),
+                offset=int(offset) if offset is not None else None,
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"not a message: {exc}") from exc
+
+
+def encode(message: Message) -> bytes:
+    """Serialize ``message`` to its JSON wire form (UTF-8 bytes)."""
+    return orjson.dumps(message.to_dict())
+
+
+class Encoded:
+    """One encoded message, shared by every connection it is sent to.
+
+    The JSON payload is produced once; the WebSocket frame (for connections that
+    write to their transport directly) and the ``str`` form (for ASGI servers,
+    whose ``websocket.send`` takes text) are each built on first use and cached,
+    so a fan-out to N members builds each representation at most once.
+    """
+
+    __slots__ = ("_frame", "_text", "message", "payload")
+
+    def __init__(self, payload: bytes, message: Message | None = None) -> None:
+        self.payload = payload
+        self.message = message
+        self._frame: bytes | None = None
+        self._text: str | None = None
+
+    @classmethod
+    def of(cls, message: Message) -> Encoded:
+        """Encode ``message``."""
+        return cls(encode(message), message)
+
+    @property
+    def frame(self) -> bytes:
+        """The payload as one unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2)."""
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = _text_frame(self.payload)
+        return frame
+
+    @property
+    def text(self) -> str:
+        """The payload decoded as ``str``."""
+        text = self._text
+        if text is None:
+            text = self._text = self.payload.decode()
+        return text
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+    def __repr__(self) -> str:
+        return f"Encoded({self.payload[:60]!r}{'…' if len(self.payload) > 60 else ''})"
+
+
+def _text_frame(payload: bytes) -> bytes:
+    # Server-to-client frames are never masked, so a frame is a fixed header in
+    # front of the payload: FIN + opcode 0x1, then the 7/16/64-bit length.
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+
+
+@dataclass(slots=True, frozen=True)
+class ClientMessage:
+    """A validated message received from a client.
+
+    Attributes:
+        type: one of :data:`CLIENT_TYPES`.
+        room: the target room, or None (then the connection's only room applies).
+        data: the payload, any JSON value (None when absent).
+        ref: the client's correlation id, echoed back in errors about this message.
+        last_id: for ``join``, the last message id the client saw (recovery).
+    """
+
+    type: MessageType
+    room: str | None = None
+    data: Any = None
+    ref: str | None = None
+    last_id: str | None = None
+
+
+def parse(raw: bytes | str) -> ClientMessage:
+    """Parse and validate one client frame.
+
+    Args:
+        raw: the frame's payload (text frames arrive as ``str``; bytes are decoded
+            as UTF-8).
+
+    Raises:
+        ProtocolError: ``invalid_json`` if the frame is not JSON text,
+            ``invalid_message`` if it is not a message object, ``forbidden_type`` if
+            clients may not send its type, ``invalid_room`` for a bad room name.
+            The error carries the message's ``ref`` when it could be read.
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"message must be a JSON object, not {_kind(obj)}"
+        )
+
+    ref = obj.get("ref")
+    if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_REF_LENGTH):
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"ref must be a string of at most {MAX_REF_LENGTH} chars"
+        )
+
+    type_name = obj.get("type")
+    if not isinstance(type_name, str):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message needs a string 'type'", ref=ref)
+    try:
+        type_ = MessageType(type_name)
+    except ValueError:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"unknown message type {type_name[:40]!r}", ref=ref
+        ) from None
+    if type_ not in CLIENT_TYPES:
+        raise ProtocolError(
+            ErrorCode.FORBIDDEN_TYPE,
+            f"clients may not send {type_.value!r} messages",
+            ref=ref,
+        )
+
+    room = obj.get("room")
+    if room is not None:
+        room = validate_room(room, ref=ref)
+    elif type_ in (MessageType.JOIN, MessageType.LEAVE):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{type_.value} needs a 'room'", ref=ref)
+
+    data = obj.get("data")
+    last_id = None
+    if type_ is MessageType.JOIN:
+        last_id = obj.get("last_id")
+        if last_id is not None and (not isinstance(last_id, str) or len(last_id) > 64):
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE, "last_id must be a message id string", ref=ref
+            )
+    elif type_ is MessageType.PRESENCE:
+        status = data.get("status") if isinstance(data, dict) else None
+        if status not in CLIENT_STATUSES:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                "presence needs data.status 'online' or 'away'",
+                ref=ref,
+            )
+    elif type_ is MessageType.AUTH:
+        token = data.get("token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "auth needs data.token", ref=ref)
+
+    return ClientMessage(type=type_, room=room, data=data, ref=ref, last_id=last_id)
+
+
+def _kind(obj: object) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(obj), "a number"
+    )
+
+
+def default_id() -> str:
+    """Return a new time-ordered message id (UUIDv7, RFC 9562)."""
+    return str(uuid_utils.uuid7())
+
+
+class MessageFactory:
+    """Stamps server-assigned fields and builds the server's own messages.
+
+    Args:
+        id_factory: returns a new unique message id (default: UUIDv7).
+        clock: returns the current time in seconds since the epoch.
+    """
+
+    __slots__ = ("_clock", "_id_factory", "_last_ms", "_last_stamp")
+
+    def __init__(
+        self,
+        *,
+        id_factory: Callable[[], str] = default_id,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._id_factory = id_factory
+        self._clock = clock
+        self._last_ms = -1
+        self._last_stamp = ""
+
+    def timestamp(self, now: float) -> str:
+        """Format ``now`` as RFC 3339 UTC with milliseconds and a ``Z`` suffix."""
+        ms = int(now * 1000)
+        if ms != self._last_ms:  # many messages share a millisecond: format it once
+            dt = datetime.fromtimestamp(ms / 1000, UTC)
+            self._last_stamp = dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+            self._last_ms = ms
+        return self._last_stamp
+
+    def stamp(self, message: Message, *, sender: str | None = None) -> Message:
+        """Assign ``id``, ``timestamp`` (and ``from`` when ``sender`` is given); return it."""
+        now = self._clock()
+        message.id = self._id_factory()
+        message.timestamp = self.timestamp(now)
+        message.created = now
+        if sender is not None:
+            message.from_ = sender
+        return message
+
+    def make(
+        self,
+        type_: MessageType,
+        *,
+        room: str | None = None,
+        data: Any = None,
+        sender: str | None = None,
+    ) -> Message:
+        """Build and stamp a new message."""
+        return self.stamp(Message(type=type_, room=room, data=data), sender=sender)
+
+    def system(
+        self, event: str, data: dict[str, Any] | None = None, *, room: str | None = None
+    ) -> Message:
+        """Build a ``system`` message ``{"event": event, **data}``."""
+        return self.make(MessageType.SYSTEM, room=room, data={"event": event, **(data or {})})
+
+    def error(self, code: ErrorCode, text: str, *, ref: str | None = None) -> Message:
+        """Build an ``error`` message for one connection."""
+        data: dict[str, Any] = {"code": code.value, "error": text}
+        if ref is not None:
+            data["ref"] = ref
+        return self.make(MessageType.ERROR, data=data)
+
+    def presence(
+        self,
+        room: str,
+        user_id: str,
+        status: PresenceStatus,
+        *,
+        info: Any = None,
+    ) -> Message:
+        """Build the ``presence`` message announcing ``user_id``'s status in ``room``."""
+        data: dict[str, Any] = {"status": status.value, "user_id": user_id}
+        if info is not None:
+            data["info"] = info
+        return self.make(MessageType.PRESENCE, room=room, data=data, sender=user_id)

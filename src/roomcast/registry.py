@@ -1,0 +1,90 @@
+"""The local registry: which connections this pod holds, and who is in which room.
+
+Pure bookkeeping plus the fan-out loop. No I/O: queuing a frame on a connection
+only appends to its pending list (see :mod:`roomcast.connection`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from roomcast.connection import Connection, Flusher
+from roomcast.protocol import Encoded
+
+__all__ = ["Registry"]
+
+
+class Registry:
+    """Connections of this pod and their rooms."""
+
+    __slots__ = ("connections", "rooms")
+
+    def __init__(self) -> None:
+        self.connections: dict[str, Connection] = {}
+        self.rooms: dict[str, set[Connection]] = {}
+
+    def __len__(self) -> int:
+        return len(self.connections)
+
+    def add(self, conn: Connection) -> None:
+        """Register a new connection."""
+        self.connections[conn.id] = conn
+
+    def remove(self, conn: Connection) -> list[tuple[str, bool]]:
+        """Forget ``conn`` and its memberships.
+
+        Returns:
+            ``(room, last)`` for each room it was in; ``last`` is True when no
+            local member is left there.
+        """
+        self.connections.pop(conn.id, None)
+        left = [(room, self.leave(conn, room)) for room in list(conn.rooms)]
+        return left
+
+    def join(self, conn: Connection, room: str) -> bool:
+        """Add ``conn`` to ``room``; return True if it is the room's first local member."""
+        members = self.rooms.get(room)
+        first = members is None
+        if members is None:
+            members = self.rooms[room] = set()
+        members.add(conn)
+        conn.rooms.add(room)
+        return first
+
+    def leave(self, conn: Connection, room: str) -> bool:
+        """Remove ``conn`` from ``room``; return True if no local member is left."""
+        conn.rooms.discard(room)
+        members = self.rooms.get(room)
+        if members is None:
+            return False
+        members.discard(conn)
+        if members:
+            return False
+        del self.rooms[room]
+        return True
+
+    def members(self, room: str) -> set[Connection]:
+        """Local members of ``room`` (do not mutate)."""
+        return self.rooms.get(room) or set()
+
+    @staticmethod
+    def fanout(conns: Iterable[Connection], encoded: Encoded, flusher: Flusher) -> int:
+        """Queue ``encoded`` on every connection in ``conns``; return how many took it.
+
+        This is :meth:`Connection.push` inlined: the same bytes object is appended
+        to each pending list, and nothing is written until the flusher runs.
+        """
+        mark = flusher.mark
+        n = 0
+        for conn in conns:
+            pending = conn.pending
+            if pending is None:
+                continue
+            pending.append(encoded)
+            size = len(pending)
+            if size == 1:
+                mark(conn)
+            elif size >= conn.limit:
+                conn.overflow()
+            n += 1
+        return n

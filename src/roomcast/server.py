@@ -1,0 +1,102 @@
+"""The standalone server: ``roomcast serve``.
+
+It assembles the same ASGI apps a library user mounts (:mod:`roomcast.asgi`)
+into one Starlette app and runs it on uvicorn (uvloop, httptools). WebSocket
+upgrades go to the native protocol class (:mod:`roomcast.native`) unless
+``--ws asgi`` asks for the plain ASGI path; docs/benchmarks.md measures both.
+
+SIGTERM/SIGINT: uvicorn stops accepting, every WebSocket is closed with 1012,
+the hub and broker stop, and the process exits 0 within ``--shutdown-timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount, WebSocketRoute
+
+from roomcast.config import Settings
+from roomcast.errors import ConfigError
+from roomcast.hub import HandlerConfig, Hub
+from roomcast.logs import configure_logging
+from roomcast.native import protocol_class
+
+__all__ = ["build_app", "build_hub", "run", "uvicorn_config"]
+
+_log = logging.getLogger("roomcast.server")
+
+
+def build_hub(settings: Settings) -> Hub:
+    """Build the hub (and its broker) that ``settings`` describe."""
+    if settings.redis_url:
+        raise ConfigError("--redis-url: this build of roomcast has no Redis broker yet")
+    return Hub.from_settings(settings)
+
+
+def build_app(hub: Hub, settings: Settings, config: HandlerConfig | None = None) -> Starlette:
+    """Return the standalone server's ASGI app: ``/ws``, ``/ws/{room}`` and the HTTP API."""
+    ws_app = hub.websocket_app(config or HandlerConfig(auth_required=settings.auth_required))
+    return Starlette(
+        routes=[
+            WebSocketRoute("/ws", ws_app),
+            WebSocketRoute("/ws/{room}", ws_app),
+            Mount("/", app=hub.api_app(api_key=settings.api_key, insecure=settings.api_insecure)),
+        ],
+        lifespan=hub.lifespan,
+    )
+
+
+def uvicorn_config(hub: Hub, settings: Settings, config: HandlerConfig | None = None) -> Any:
+    """Return the ``uvicorn.Config`` that serves ``hub`` as ``settings`` describe."""
+    handler = config or HandlerConfig(auth_required=settings.auth_required)
+    ws: Any = protocol_class(hub, handler) if settings.ws == "native" else "websockets-sansio"
+    return uvicorn.Config(
+        build_app(hub, settings, handler),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop" if _has_uvloop() else "asyncio",
+        http="httptools",
+        ws=ws,
+        ws_max_size=settings.max_message_bytes,
+        ws_ping_interval=settings.ping_interval,
+        ws_ping_timeout=settings.ping_timeout,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_timeout)),
+        backlog=4096,
+    )
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; return the process exit code."""
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    hub = build_hub(settings)
+    server = uvicorn.Server(uvicorn_config(hub, settings))
+    _log.info(
+        "roomcast serving",
+        extra={
+            "url": f"http://{settings.host}:{settings.port}",
+            "broker": type(hub.broker).__name__,
+            "ws": settings.ws,
+        },
+    )
+    server.run()
+    if not server.started:
+        _log.error("server failed to start")
+        return 1
+    _log.info("roomcast stopped")
+    return 0
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
