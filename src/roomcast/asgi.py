@@ -135,12 +135,14 @@ class WebSocketApp:
     """The WebSocket endpoint as an ASGI app: ``/`` (no room) and ``/{room}``.
 
     Works under ``Mount("/ws", app=...)`` and as the endpoint of
-    ``WebSocketRoute("/ws/{room}", ...)``.
+    ``WebSocketRoute("/ws/{room}", ...)``; ``roomless=True`` serves a route
+    without a room parameter, such as ``WebSocketRoute("/ws", ...)``.
     """
 
-    def __init__(self, hub: Hub, config: HandlerConfig) -> None:
+    def __init__(self, hub: Hub, config: HandlerConfig, *, roomless: bool = False) -> None:
         self.hub = hub
         self.config = config
+        self.roomless = roomless
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -149,7 +151,7 @@ class WebSocketApp:
             return
         hub = self.hub
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        decision = hub.admit(_route(scope), query)
+        decision = hub.admit("" if self.roomless else _route(scope), query)
         if isinstance(decision, Refusal):
             await receive()  # websocket.connect
             await self._refuse(scope, send, decision)
@@ -228,17 +230,13 @@ class WebSocketApp:
 
 
 def _route(scope: Scope) -> str:
+    # The path below the endpoint: "/{room}" or "/" or "" (no room).
     params = scope.get("path_params") or {}
-    if "room" in params:
+    if "room" in params:  # WebSocketRoute("/ws/{room}", ...)
         return "/" + str(params["room"])
     path: str = scope.get("path", "")
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
-    if "path_params" in scope and path.startswith("/ws"):
-        # A WebSocketRoute("/ws") without parameters: no room.
-        path = path[3:]
-    return path
+    root: str = scope.get("root_path", "")  # Mount("/ws", ...) moved "/ws" here
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _error(status: int, code: str, message: str) -> Response:

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from roomcast.errors import CloseCode
+from roomcast.errors import CloseCode, ErrorCode, ProtocolError
 from roomcast.protocol import Encoded, Message, PresenceStatus
 
 if TYPE_CHECKING:
@@ -165,6 +165,10 @@ class Connection:
         """Encode ``message`` and queue it for this connection alone."""
         self.push(Encoded.of(message))
 
+    def send_error(self, code: ErrorCode, text: str, *, ref: str | None = None) -> None:
+        """Send an ``error`` message to this connection alone (and count it)."""
+        self.hub.send_error(self, ProtocolError(code, text, ref=ref))
+
     def push(self, encoded: Encoded) -> None:
         """Queue an encoded message; the flusher writes it at the next iteration.
 
@@ -239,7 +243,8 @@ class Connection:
 
     async def _drain(self, step: Awaitable[None]) -> None:
         inbox = self.inbox
-        assert inbox is not None  # set by run_async  # noqa: S101
+        if inbox is None:  # run_async sets it before creating this task
+            return
         try:
             while True:
                 try:
@@ -247,9 +252,7 @@ class Connection:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    _log.exception(
-                        "error while handling a message", extra={"conn_id": self.id}
-                    )
+                    _log.exception("error while handling a message", extra={"conn_id": self.id})
                 while inbox:
                     item = inbox.popleft()
                     if isinstance(item, (str, bytes)):
@@ -279,4 +282,4 @@ class Connection:
 
 HookResult = Message | None | Awaitable[Message | None]
 MessageHook = Callable[[Connection, Message], HookResult]
-ConnectionHook = Callable[[Connection], None | Awaitable[None]]
+ConnectionHook = Callable[[Connection], Awaitable[None] | None]

@@ -227,15 +227,18 @@ class Hub:
         await self.broker.start(self)
         self._keepalive = self._loop.create_task(self._sweep(), name="roomcast-keepalive")
 
-    async def close(self, *, code: int = CloseCode.SERVICE_RESTART, timeout: float = 5.0) -> None:
-        """Close every connection with ``code`` (1012 by default), then stop the broker."""
+    async def close(self, *, code: int = CloseCode.SERVICE_RESTART, grace: float = 5.0) -> None:
+        """Close every connection with ``code`` (1012 by default), then stop the broker.
+
+        Connections that have not finished closing after ``grace`` seconds are aborted.
+        """
         if self._loop is None:
             return
         self.draining = True
         for conn in list(self.registry.connections.values()):
             conn.close(code, "server shutting down")
-        deadline = self._loop.time() + timeout
-        while self.registry.connections and self._loop.time() < deadline:
+        deadline = self._loop.time() + grace
+        while self.registry.connections and self._loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         for conn in list(self.registry.connections.values()):
             conn.abort()
@@ -244,7 +247,7 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+            await asyncio.wait(set(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
         await self.broker.close()
@@ -282,10 +285,31 @@ class Hub:
         """Return the WebSocket endpoint as an ASGI app (mount it at ``/ws``).
 
         ``/`` connects without a room, ``/{room}`` connects and joins ``room``.
+        Under ``Mount("/ws", ...)`` that is ``/ws/`` and ``/ws/{room}``; see
+        :meth:`websocket_routes` to serve ``/ws`` without the trailing slash too.
         """
         from roomcast.asgi import WebSocketApp
 
         return WebSocketApp(self, config or HandlerConfig())
+
+    def websocket_routes(
+        self, config: HandlerConfig | None = None, *, path: str = "/ws"
+    ) -> list[Any]:
+        """Return Starlette routes for ``{path}`` and ``{path}/{room}``.
+
+        ``Mount(path, app=hub.websocket_app())`` serves ``{path}/`` and
+        ``{path}/{room}``; these routes also serve ``{path}`` without the slash.
+        """
+        from starlette.routing import WebSocketRoute
+
+        from roomcast.asgi import WebSocketApp
+
+        config = config or HandlerConfig()
+        path = path.rstrip("/")
+        return [
+            WebSocketRoute(path, WebSocketApp(self, config, roomless=True)),
+            WebSocketRoute(path + "/{room}", WebSocketApp(self, config)),
+        ]
 
     def api_app(self, *, api_key: str | None = None, insecure: bool = False) -> Any:
         """Return the HTTP API of SPEC §2 as an ASGI app (mount it at ``/``)."""
@@ -432,14 +456,13 @@ class Hub:
                 conn.send(pong)
                 return None
             if kind is MessageType.JOIN:
-                assert msg.room is not None  # parse() requires it  # noqa: S101
-                return self._join(conn, msg.room, reply=True, ref=msg.ref)
+                return self._join(conn, _named_room(msg), reply=True, ref=msg.ref)
             if kind is MessageType.LEAVE:
-                assert msg.room is not None  # noqa: S101
-                return self._leave(conn, msg.room, ref=msg.ref)
+                return self._leave(conn, _named_room(msg), ref=msg.ref)
             if kind is MessageType.PRESENCE:
                 return self._set_status(conn, msg)
-            return self._auth(conn, msg)
+            self._auth(conn, msg)
+            return None
         except ProtocolError as exc:
             self.send_error(conn, exc)
             return None
@@ -467,7 +490,10 @@ class Hub:
 
     def _chat(self, conn: Connection, msg: ClientMessage) -> Awaitable[None] | None:
         room = self._target(conn, msg)
-        message = self.messages.make(MessageType.CHAT, room=room, data=msg.data, sender=conn.user_id)
+        message = self.messages.make(
+            MessageType.CHAT, room=room, data=msg.data, sender=conn.user_id
+        )
+        message.ref = msg.ref
         hook = conn.config.on_message
         if hook is None:
             self.broker.publish(message)
@@ -506,8 +532,9 @@ class Hub:
                 room, user_id=conn.user_id, conn_id=conn.id, info=conn.info
             )
             if came_online:
+                online = PresenceStatus.ONLINE
                 self.broker.publish(
-                    self.messages.presence(room, conn.user_id, PresenceStatus.ONLINE, info=conn.info)
+                    self.messages.presence(room, conn.user_id, online, info=conn.info)
                 )
         if reply:
             data: dict[str, Any] = {"room": room, "recovered": False}
@@ -562,9 +589,7 @@ class Hub:
         message = encoded.message
         room = message.room if message is not None else None
         conns = (
-            self.registry.connections.values()
-            if room is None
-            else self.registry.rooms.get(room)
+            self.registry.connections.values() if room is None else self.registry.rooms.get(room)
         )
         if not conns:
             return
@@ -651,6 +676,13 @@ class Hub:
                 except Exception:
                     _log.exception("keepalive failed", extra={"conn_id": conn.id})
                     conn.abort()
+
+
+def _named_room(msg: ClientMessage) -> str:
+    # parse() guarantees join/leave name a valid room.
+    if msg.room is None:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{msg.type.value} needs a 'room'")
+    return msg.room
 
 
 async def _as_coroutine(aw: Awaitable[Any]) -> Any:

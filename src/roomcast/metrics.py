@@ -54,7 +54,9 @@ class Metrics:
             registry=r,
         )
         self.rate_limited = Counter(
-            "realtime_rate_limited_messages", "Client messages dropped by the rate limit.", registry=r
+            "realtime_rate_limited_messages",
+            "Client messages dropped by the rate limit.",
+            registry=r,
         )
         self.errors = Counter(
             "realtime_client_errors",

@@ -13,6 +13,7 @@ with one ``transport.write`` per connection per event-loop iteration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from typing import Any, ClassVar
@@ -57,10 +58,7 @@ class NativeConnection(Connection):
         pending = self.pending
         if not pending or self.proto.paused:
             return
-        if len(pending) == 1:
-            data = pending[0].frame
-        else:
-            data = b"".join([e.frame for e in pending])
+        data = pending[0].frame if len(pending) == 1 else b"".join([e.frame for e in pending])
         pending.clear()
         self.proto.transport.write(data)
 
@@ -121,7 +119,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.paused = False
         self.close_sent = False
         self.close_timer: asyncio.TimerHandle | None = None
-        self.fragments: list[bytes] = []
+        self.fragments: list[bytes | bytearray | memoryview] = []
         self.fragment_text = True
         self.remote = ""
 
@@ -247,7 +245,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             self.close_received()
         # PING: the protocol queued the pong; write_protocol_data sends it.
 
-    def message_received(self, data: bytes, text: bool) -> None:
+    def message_received(self, data: bytes | bytearray | memoryview, text: bool) -> None:
         conn = self.conn
         if conn is None or self.close_sent:
             return
@@ -260,7 +258,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             )
             return
         try:
-            payload = data.decode()
+            payload = str(data, "utf-8")
         except UnicodeDecodeError:
             self.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text frame")
             return
@@ -275,10 +273,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         conn = self.conn
         if conn is not None and conn.pending and not self.paused:
             conn.flush()
-        try:
+        with contextlib.suppress(InvalidState):
             self.ws.send_close(code, reason)
-        except InvalidState:
-            pass
         self.write_protocol_data()
         self.after_close_sent()
 
@@ -295,7 +291,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         conn = self.conn
         if conn is not None:
             self.hub.detach(conn)
-        if self.close_timer is None and not self.transport.is_closing():
+        if self.close_timer is None:
+            # Also when closing: close() waits for a full buffer to drain, which a
+            # dead client never does.
             self.close_timer = asyncio.get_running_loop().call_later(
                 CLOSE_TIMEOUT, self.transport.abort
             )
@@ -322,9 +320,13 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         out = self.ws.data_to_send()
         if not out:
             return
-        data = b"".join(out)  # an empty chunk means "close the TCP": handled by callers
+        data = b"".join(out)
         if data and not self.transport.is_closing():
             self.transport.write(data)
+        if out[-1] == b"":
+            # The protocol failed the connection (keepalive timeout, 1009, 1007...)
+            # or finished the closing handshake: a server closes the TCP now.
+            self.transport.close()
 
 
 def protocol_class(

@@ -74,9 +74,7 @@ CLIENT_TYPES: Final = frozenset(
 )
 """Types a client may send; any other type is answered with ``forbidden_type``."""
 
-RETAINED_TYPES: Final = frozenset(
-    {MessageType.CHAT, MessageType.NOTIFICATION, MessageType.SYSTEM}
-)
+RETAINED_TYPES: Final = frozenset({MessageType.CHAT, MessageType.NOTIFICATION, MessageType.SYSTEM})
 """Types kept in a room's history (when published to a room)."""
 
 CLIENT_STATUSES: Final = frozenset({PresenceStatus.ONLINE, PresenceStatus.AWAY})
@@ -126,6 +124,8 @@ class Message:
     offset: int | None = None
     created: float = field(default=0.0, compare=False)
     """Wall-clock seconds when the server stamped the message (not sent on the wire)."""
+    ref: str | None = field(default=None, compare=False)
+    """The client's ``ref`` for the message it sent (not broadcast), for hooks' errors."""
 
     @property
     def retained(self) -> bool:
@@ -309,7 +309,7 @@ def parse(raw: bytes | str) -> ClientMessage:
             )
     elif type_ is MessageType.PRESENCE:
         status = data.get("status") if isinstance(data, dict) else None
-        if status not in CLIENT_STATUSES:
+        if not isinstance(status, str) or status not in CLIENT_STATUSES:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE,
                 "presence needs data.status 'online' or 'away'",

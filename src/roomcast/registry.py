@@ -31,14 +31,21 @@ class Registry:
         self.connections[conn.id] = conn
 
     def remove(self, conn: Connection) -> list[tuple[str, bool]]:
-        """Forget ``conn`` and its memberships.
+        """Forget ``conn`` and its memberships (``conn.rooms`` is left untouched).
 
         Returns:
             ``(room, last)`` for each room it was in; ``last`` is True when no
             local member is left there.
         """
         self.connections.pop(conn.id, None)
-        left = [(room, self.leave(conn, room)) for room in list(conn.rooms)]
+        left = []
+        for room in conn.rooms:  # conn.rooms stays as it was, for on_disconnect
+            members = self.rooms.get(room)
+            if members is not None:
+                members.discard(conn)
+                if not members:
+                    del self.rooms[room]
+            left.append((room, room not in self.rooms))
         return left
 
     def join(self, conn: Connection, room: str) -> bool:

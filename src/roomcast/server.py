@@ -16,7 +16,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import Mount, WebSocketRoute
+from starlette.routing import Mount
 
 from roomcast.config import Settings
 from roomcast.errors import ConfigError
@@ -38,11 +38,10 @@ def build_hub(settings: Settings) -> Hub:
 
 def build_app(hub: Hub, settings: Settings, config: HandlerConfig | None = None) -> Starlette:
     """Return the standalone server's ASGI app: ``/ws``, ``/ws/{room}`` and the HTTP API."""
-    ws_app = hub.websocket_app(config or HandlerConfig(auth_required=settings.auth_required))
+    handler = config or HandlerConfig(auth_required=settings.auth_required)
     return Starlette(
         routes=[
-            WebSocketRoute("/ws", ws_app),
-            WebSocketRoute("/ws/{room}", ws_app),
+            *hub.websocket_routes(handler),
             Mount("/", app=hub.api_app(api_key=settings.api_key, insecure=settings.api_insecure)),
         ],
         lifespan=hub.lifespan,

@@ -15,7 +15,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from roomcast.brokers.base import BrokerHandler, HistoryPage, PresenceMember, RoomStats
+from roomcast.brokers.base import (
+    BrokerHandler,
+    HistoryPage,
+    PresenceMember,
+    PresenceStore,
+    RoomStats,
+)
 from roomcast.errors import HubClosed
 from roomcast.protocol import Encoded, Message, PresenceStatus, encode
 
@@ -51,7 +57,7 @@ class MemoryBroker:
         history_ttl: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.presence = MemoryPresence()
+        self.presence: PresenceStore = MemoryPresence()
         self._history_size = history_size
         self._history_ttl = history_ttl
         self._clock = clock

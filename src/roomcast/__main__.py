@@ -1,0 +1,5 @@
+"""``python -m roomcast``: the ``roomcast`` command."""
+
+from roomcast.cli import main
+
+raise SystemExit(main())

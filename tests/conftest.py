@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from tests.support import MS, RawWebSocket, ServerProcess, ws_connect
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ServerProcess]]:
+    """Start `roomcast serve` processes with extra flags; all are killed at teardown."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None, ready: bool = True) -> ServerProcess:
+        server = ServerProcess(*args, env=env)
+        started.append(server)
+        return server.wait_ready() if ready else server
+
+    yield start
+    for server in started:
+        server.cleanup()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[Callable[..., Awaitable[ClientConnection]]]:
+    """Open WebSocket clients (``await client(url)``); all are closed at teardown."""
+    opened: list[ClientConnection] = []
+
+    async def open_(url: str, **kwargs: Any) -> ClientConnection:
+        kwargs.setdefault("close_timeout", 2000 * MS)
+        ws = await ws_connect(url, **kwargs)
+        opened.append(ws)
+        return ws
+
+    yield open_
+    await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
+
+
+@pytest.fixture
+async def raw_client() -> AsyncIterator[Callable[..., Awaitable[RawWebSocket]]]:
+    """Open hand-driven WebSocket clients (``await raw_client(port, path)``); closed at teardown."""
+    opened: list[RawWebSocket] = []
+
+    async def open_(port: int, path: str, **kwargs: Any) -> RawWebSocket:
+        raw = await RawWebSocket.connect(port, path, **kwargs)
+        opened.append(raw)
+        return raw
+
+    yield open_
+    for raw in opened:
+        raw.close()
