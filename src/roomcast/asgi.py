@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 
 from roomcast.connection import Connection
-from roomcast.errors import CloseCode, ErrorCode, ProtocolError
+from roomcast.errors import BrokerError, CloseCode, ErrorCode, ProtocolError
 from roomcast.hub import Admission, HandlerConfig, Hub, Refusal
 from roomcast.metrics import CONTENT_TYPE_LATEST
 from roomcast.protocol import Encoded, Message, MessageType, validate_room
@@ -293,6 +293,8 @@ class ApiApp:
                 return await endpoint(request)
             except ProtocolError as exc:
                 return _error(400, exc.code.value, exc.detail)
+            except BrokerError as exc:
+                return _error(503, "broker_unavailable", str(exc))
 
         return guarded
 

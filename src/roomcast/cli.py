@@ -20,7 +20,6 @@ from typing import Final
 from roomcast._version import __version__
 from roomcast.config import load_settings
 from roomcast.errors import ConfigError
-from roomcast.logs import configure_logging
 
 __all__ = ["main"]
 
@@ -32,7 +31,6 @@ def _serve(args: Sequence[str]) -> int:
     """Load the settings from ``args`` and the environment, then run the server."""
     try:
         settings = load_settings(args)
-        configure_logging(fmt=settings.log_format, level=settings.log_level)
         from roomcast.server import run
 
         return run(settings)

@@ -477,6 +477,15 @@ class Settings:
             env_aliases=("REDIS_URL",),
         ),
     )
+    presence_ttl: float = field(
+        default=30.0,
+        metadata=_number(
+            "seconds after which the users of a pod that stopped refreshing its presence"
+            " (crashed) go offline",
+            group="redis",
+            strict=True,
+        ),
+    )
     redis_prefix: str = field(
         default="realtime",
         metadata=_text(

@@ -21,7 +21,6 @@ connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import deque
@@ -239,7 +238,8 @@ class Connection:
             self.inbox.append(step)
             return
         self.inbox = deque()
-        self.worker = self.hub.loop.create_task(self._drain(step))
+        # Owned by the hub, so closing the hub ends a worker stuck in a slow hook.
+        self.worker = self.hub.spawn(self._drain(step), name=f"roomcast-inbox-{self.id}")
 
     async def _drain(self, step: Awaitable[None]) -> None:
         inbox = self.inbox
@@ -273,8 +273,9 @@ class Connection:
         """Wait until the frames received so far are handled (used at disconnect)."""
         worker = self.worker
         if worker is not None and worker is not asyncio.current_task():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.shield(worker)
+            # wait() neither raises the worker's outcome nor swallows our own
+            # cancellation (as suppressing CancelledError around shield() did).
+            await asyncio.wait((worker,))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id} user={self.user_id!r} rooms={len(self.rooms)}>"

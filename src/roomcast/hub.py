@@ -609,6 +609,15 @@ class Hub:
         )
         self.handle_publication(Encoded.of(message))
 
+    def handle_reconnect(self) -> None:
+        """Count a broker subscriber reconnection."""
+        self.metrics.redis_reconnects.inc()
+
+    def handle_presence_expired(self, room: str, user_id: str) -> None:
+        """Announce that a user of a vanished pod went offline in ``room``."""
+        if self.started:
+            self.broker.publish(self.messages.presence(room, user_id, PresenceStatus.OFFLINE))
+
     # -- application API --------------------------------------------------------------------
 
     async def publish(self, message: Message) -> Message:

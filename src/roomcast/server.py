@@ -11,7 +11,9 @@ the hub and broker stop, and the process exits 0 within ``--shutdown-timeout``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -19,7 +21,6 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from roomcast.config import Settings
-from roomcast.errors import ConfigError
 from roomcast.hub import HandlerConfig, Hub
 from roomcast.logs import configure_logging
 from roomcast.native import protocol_class
@@ -31,9 +32,30 @@ _log = logging.getLogger("roomcast.server")
 
 def build_hub(settings: Settings) -> Hub:
     """Build the hub (and its broker) that ``settings`` describe."""
-    if settings.redis_url:
-        raise ConfigError("--redis-url: this build of roomcast has no Redis broker yet")
-    return Hub.from_settings(settings)
+    if not settings.redis_url:
+        return Hub.from_settings(settings)
+    from roomcast.brokers.redis import RedisBroker
+
+    broker = RedisBroker.from_url(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        history_size=settings.history_size,
+        history_ttl=settings.history_ttl,
+        presence_ttl=settings.presence_ttl,
+    )
+    return Hub.from_settings(settings, broker=broker)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, minus re-raising SIGTERM after a graceful shutdown (exit 0)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
 
 
 def build_app(hub: Hub, settings: Settings, config: HandlerConfig | None = None) -> Starlette:
@@ -76,7 +98,7 @@ def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit code."""
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     hub = build_hub(settings)
-    server = uvicorn.Server(uvicorn_config(hub, settings))
+    server = _Server(uvicorn_config(hub, settings))
     _log.info(
         "roomcast serving",
         extra={

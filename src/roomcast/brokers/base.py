@@ -46,6 +46,12 @@ class BrokerHandler(Protocol):
     def handle_publish_error(self, message: Message, exc: BaseException) -> None:
         """The broker could not publish ``message``; deliver it locally, count and log it."""
 
+    def handle_reconnect(self) -> None:
+        """The broker's subscriber reconnected (and resubscribed); count it."""
+
+    def handle_presence_expired(self, room: str, user_id: str) -> None:
+        """``user_id`` went offline in ``room`` because its pod stopped refreshing it."""
+
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:

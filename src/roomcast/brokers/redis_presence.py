@@ -1,0 +1,215 @@
+"""Cluster-wide presence in Redis, with TTL heartbeats.
+
+Per room (keys share the hash tag ``{room}``):
+
+- ``{prefix}:presence:{room}:conns`` — zset: connection id → expiry (ms)
+- ``{prefix}:presence:{room}:owner`` — hash: connection id → user id
+- ``{prefix}:presence:{room}:users`` — hash: user id → connections, cluster-wide
+- ``{prefix}:presence:{room}:status`` / ``:info`` — hash: user id → status / info JSON
+
+plus ``{prefix}:presence:rooms``, the set of rooms with presence.
+
+Each pod refreshes the expiry of its own connections every ``ttl / 3`` seconds
+and reaps expired entries of every room. Adding, removing and reaping are Lua
+scripts, so "first connection anywhere" and "last connection anywhere" are
+decided once, atomically, for the whole cluster: the online and offline events of
+a user fire once, whichever pods its connections are on, and the users of a pod
+that died go offline within ``ttl`` (reported by whichever pod reaps them).
+
+While Redis is unreachable, answers come from this pod's own connections, and
+the next heartbeat after recovery restores this pod's entries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from roomcast.brokers.base import PresenceMember, RoomStats
+from roomcast.brokers.redis_scripts import (
+    PRESENCE_ADD,
+    PRESENCE_REAP,
+    PRESENCE_REMOVE,
+    PRESENCE_STATUS,
+)
+from roomcast.errors import BrokerUnavailable
+from roomcast.protocol import PresenceStatus
+
+__all__ = ["RedisPresence"]
+
+_log = logging.getLogger("roomcast.brokers.redis")
+
+
+class RedisPresence:
+    """Presence shared by every pod through Redis.
+
+    Args:
+        client: the command client (shared with the broker).
+        prefix: key prefix.
+        ttl: seconds after which a connection whose pod stopped refreshing it is
+            forgotten.
+        clock: wall-clock seconds (entries expire by Redis server time agreement
+            between pods, so pods' clocks should be NTP-synchronised).
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "realtime",
+        ttl: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self.ttl = ttl
+        self._clock = clock
+        self._rooms_key = f"{prefix}:presence:rooms"
+        # This pod's own entries: room -> conn id -> (user id, info JSON).
+        self._local: dict[str, dict[str, tuple[str, str]]] = {}
+        self._add = client.register_script(PRESENCE_ADD)
+        self._remove = client.register_script(PRESENCE_REMOVE)
+        self._reap = client.register_script(PRESENCE_REAP)
+        self._status = client.register_script(PRESENCE_STATUS)
+
+    def _keys(self, room: str) -> list[str]:
+        base = f"{self._prefix}:presence:{{{room}}}"
+        return [f"{base}:conns", f"{base}:owner", f"{base}:users", f"{base}:status", f"{base}:info"]
+
+    def _expiry_args(self) -> list[Any]:
+        return [int((self._clock() + self.ttl) * 1000), max(1, int(self.ttl * 3))]
+
+    def _local_users(self, room: str, user_id: str) -> int:
+        return sum(1 for owner, _ in self._local.get(room, {}).values() if owner == user_id)
+
+    async def add(self, room: str, *, user_id: str, conn_id: str, info: Any = None) -> bool:
+        """Record a connection; True if the user just came online anywhere in the cluster."""
+        info_json = orjson.dumps(info).decode() if info is not None else ""
+        self._local.setdefault(room, {})[conn_id] = (user_id, info_json)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.sadd(self._rooms_key, room)
+                await self._add(
+                    keys=self._keys(room),
+                    args=[*self._expiry_args(), conn_id, user_id, info_json],
+                    client=pipe,
+                )
+                _, online = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            _log.warning("presence add failed; answering locally", extra={"error": str(exc)})
+            return self._local_users(room, user_id) == 1
+        return bool(online)
+
+    async def remove(self, room: str, *, user_id: str, conn_id: str) -> bool:
+        """Forget a connection; True if it was the user's last one in the cluster."""
+        local = self._local.get(room)
+        if local is not None:
+            local.pop(conn_id, None)
+            if not local:
+                del self._local[room]
+        try:
+            gone = await self._remove(keys=self._keys(room), args=[conn_id])
+        except (RedisError, OSError) as exc:
+            _log.warning("presence remove failed; answering locally", extra={"error": str(exc)})
+            return self._local_users(room, user_id) == 0
+        return bool(gone)
+
+    async def set_status(self, room: str, *, user_id: str, status: PresenceStatus) -> bool:
+        """Set the user's status in ``room``; True if it changed."""
+        keys = self._keys(room)
+        try:
+            changed = await self._status(keys=[keys[2], keys[3]], args=[user_id, status.value])
+        except (RedisError, OSError) as exc:
+            _log.warning("presence status failed", extra={"error": str(exc)})
+            return True
+        return bool(changed)
+
+    async def members(self, room: str) -> list[PresenceMember]:
+        """Users present in ``room`` across the cluster, sorted by user id."""
+        keys = self._keys(room)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys[2])
+                pipe.hgetall(keys[3])
+                pipe.hgetall(keys[4])
+                users, statuses, infos = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"presence of {room!r} unavailable: {exc}") from exc
+        out = []
+        for raw_user, count in sorted(users.items()):
+            user = _text(raw_user)
+            status = statuses.get(raw_user)
+            info = infos.get(raw_user)
+            out.append(
+                PresenceMember(
+                    user_id=user,
+                    status=PresenceStatus(_text(status)) if status else PresenceStatus.ONLINE,
+                    connections=int(count),
+                    info=orjson.loads(info) if info else None,
+                )
+            )
+        return out
+
+    async def rooms(self) -> list[RoomStats]:
+        """Rooms with at least one connection anywhere, sorted by name."""
+        try:
+            names = sorted(_text(r) for r in await self._client.smembers(self._rooms_key))
+            if not names:
+                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    keys = self._keys(name)
+                    pipe.zcard(keys[0])
+                    pipe.hlen(keys[2])
+                counts = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"room list unavailable: {exc}") from exc
+        out = []
+        empty = []
+        for i, name in enumerate(names):
+            conns, users = int(counts[2 * i]), int(counts[2 * i + 1])
+            if conns:
+                out.append(RoomStats(room=name, connections=conns, users=users))
+            else:
+                empty.append(name)
+        if empty:
+            with contextlib.suppress(RedisError, OSError):
+                await self._client.srem(self._rooms_key, *empty)
+        return out
+
+    async def heartbeat(self) -> list[tuple[str, str]]:
+        """Refresh this pod's entries, then reap expired ones of every room.
+
+        Returns:
+            ``(room, user_id)`` for each user that went offline because a pod
+            stopped refreshing its connections: the caller announces them.
+        """
+        expiry = self._expiry_args()
+        async with self._client.pipeline(transaction=False) as pipe:
+            for room, conns in self._local.items():
+                args: list[Any] = list(expiry)
+                for conn_id, (user_id, info_json) in conns.items():
+                    args += [conn_id, user_id, info_json]
+                pipe.sadd(self._rooms_key, room)
+                await self._add(keys=self._keys(room), args=args, client=pipe)
+            await pipe.execute()
+        names = [_text(r) for r in await self._client.smembers(self._rooms_key)]
+        now_ms = int(self._clock() * 1000)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                await self._reap(keys=self._keys(name), args=[now_ms], client=pipe)
+            results = await pipe.execute()
+        return [
+            (name, _text(user)) for name, gone in zip(names, results, strict=True) for user in gone
+        ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,118 @@
+"""Lua scripts run atomically by the Redis broker and presence store.
+
+Every script touches only keys of one room, which share a hash tag
+(``{room}``), so each also runs on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["PRESENCE_ADD", "PRESENCE_REAP", "PRESENCE_REMOVE", "PRESENCE_STATUS", "PUBLISH"]
+
+PUBLISH: Final = """
+-- KEYS: meta (hash: epoch, offset), stream (history)
+-- ARGV: channel, payload (JSON object without offset), message id,
+--       history size, history ttl (s, 0 = none), epoch to use if the history is new
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local payload = string.sub(ARGV[2], 1, -2) .. ',"offset":' .. offset .. '}'
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'i', ARGV[3], 'p', payload)
+local ttl = tonumber(ARGV[5])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+redis.call('PUBLISH', ARGV[1], payload)
+return {offset, epoch}
+"""
+
+PRESENCE_ADD: Final = """
+-- KEYS: conns (zset conn -> expiry ms), owner (hash conn -> user),
+--       users (hash user -> connection count), status (hash), info (hash)
+-- ARGV: expiry ms, key ttl (s), then triples conn, user, info JSON ('' = none)
+-- Adds (or refreshes) each connection; returns the users that came online.
+local online = {}
+for i = 3, #ARGV, 3 do
+  local conn, user, info = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('ZADD', KEYS[1], ARGV[1], conn) == 1 then
+    redis.call('HSET', KEYS[2], conn, user)
+    if redis.call('HINCRBY', KEYS[3], user, 1) == 1 then
+      table.insert(online, user)
+    end
+  end
+  if info ~= '' then
+    redis.call('HSET', KEYS[5], user, info)
+  end
+end
+for k = 1, 5 do
+  redis.call('EXPIRE', KEYS[k], ARGV[2])
+end
+return online
+"""
+
+_FORGET = """
+local function forget(conn)
+  if redis.call('ZREM', KEYS[1], conn) == 0 then
+    return nil
+  end
+  local user = redis.call('HGET', KEYS[2], conn)
+  redis.call('HDEL', KEYS[2], conn)
+  if not user then
+    return nil
+  end
+  if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
+    redis.call('HDEL', KEYS[3], user)
+    redis.call('HDEL', KEYS[4], user)
+    redis.call('HDEL', KEYS[5], user)
+    return user
+  end
+  return nil
+end
+"""
+
+PRESENCE_REMOVE: Final = (
+    _FORGET
+    + """
+-- KEYS: as PRESENCE_ADD. ARGV: conn. Returns 1 if its user went offline.
+if forget(ARGV[1]) then
+  return 1
+end
+return 0
+"""
+)
+
+PRESENCE_REAP: Final = (
+    _FORGET
+    + """
+-- KEYS: as PRESENCE_ADD. ARGV: now (ms).
+-- Forgets connections whose pod stopped refreshing them; returns users gone offline.
+local gone = {}
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+for _, conn in ipairs(dead) do
+  local user = forget(conn)
+  if user then
+    table.insert(gone, user)
+  end
+end
+return gone
+"""
+)
+
+PRESENCE_STATUS: Final = """
+-- KEYS: users (hash), status (hash). ARGV: user, status. Returns 1 if it changed.
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+local old = redis.call('HGET', KEYS[2], ARGV[1]) or 'online'
+if old == ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
