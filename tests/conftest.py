@@ -32,6 +32,9 @@ async def client() -> AsyncIterator[Callable[..., Awaitable[ClientConnection]]]:
 
     async def open_(url: str, **kwargs: Any) -> ClientConnection:
         kwargs.setdefault("close_timeout", 2000 * MS)
+        # Unbounded: a client that stopped reading must still see the close
+        # handshake at teardown (with a bounded queue it stops reading the socket).
+        kwargs.setdefault("max_queue", None)
         ws = await ws_connect(url, **kwargs)
         opened.append(ws)
         return ws

@@ -81,6 +81,7 @@ SPEC_DEFAULTS = {
     # Redis
     "redis_url": None,
     "redis_prefix": "realtime",
+    "presence_ttl": 30.0,
     # Auth
     "jwt_secret": None,
     "jwt_public_key": None,
