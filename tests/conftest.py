@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from tests.redis_support import RedisServer
 from tests.support import MS, RawWebSocket, ServerProcess, ws_connect
 
 
@@ -56,3 +57,22 @@ async def raw_client() -> AsyncIterator[Callable[..., Awaitable[RawWebSocket]]]:
     yield open_
     for raw in opened:
         raw.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis for tests that do not stop it (REDIS_URL, an own server, or :6379)."""
+    from tests.redis_support import shared_redis_url
+
+    url, server = shared_redis_url()
+    yield url
+    if server is not None:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A `redis-server` of this test's own, which the test may stop and restart."""
+    server = RedisServer().start()
+    yield server
+    server.cleanup()

@@ -203,8 +203,13 @@ class RedisBroker:
                 await self._send(batch)
 
     async def _send(self, batch: list[tuple[Message, asyncio.Future[Message]]]) -> None:
-        handler = self._handler
         size, ttl = self.history_size, int(self.history_ttl)
+        if not self._commands_ok:
+            # Known to be unreachable: deliver locally at once instead of waiting
+            # for a connect timeout; the health loop notices when Redis is back.
+            results: list[Any] = [BrokerUnavailable("Redis is unreachable")] * len(batch)
+            self._settle(batch, results)
+            return
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for message, _ in batch:
@@ -232,6 +237,13 @@ class RedisBroker:
         except (RedisError, OSError) as exc:
             self._commands_ok = False
             results = [exc] * len(batch)
+        self._settle(batch, results)
+
+    def _settle(
+        self, batch: list[tuple[Message, asyncio.Future[Message]]], results: list[Any]
+    ) -> None:
+        # Settle each publication: failures are delivered locally by the handler.
+        handler = self._handler
         for (message, future), result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 if handler is not None:
