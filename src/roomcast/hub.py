@@ -72,7 +72,8 @@ class HandlerConfig:
 
     Attributes:
         on_connect: called with the connection after its welcome and first join.
-        on_disconnect: called with the connection after it left every room.
+        on_disconnect: called with the connection once it is gone and its presence
+            removed; ``conn.rooms`` still lists the rooms it was in.
         on_message: called with ``(connection, message)`` for each chat message
             before it is published; return the message (possibly changed) to
             publish it, or None to drop it.
@@ -460,7 +461,8 @@ class Hub:
             if kind is MessageType.LEAVE:
                 return self._leave(conn, _named_room(msg), ref=msg.ref)
             if kind is MessageType.PRESENCE:
-                return self._set_status(conn, msg)
+                rooms = [self._target(conn, msg)] if msg.room is not None else sorted(conn.rooms)
+                return self._set_status(conn, PresenceStatus(msg.data["status"]), rooms)
             self._auth(conn, msg)
             return None
         except ProtocolError as exc:
@@ -565,9 +567,7 @@ class Hub:
         if last_local and room not in self.registry.rooms:
             await self.broker.unsubscribe(room)
 
-    async def _set_status(self, conn: Connection, msg: ClientMessage) -> None:
-        status = PresenceStatus(msg.data["status"])
-        rooms = [self._target(conn, msg)] if msg.room is not None else sorted(conn.rooms)
+    async def _set_status(self, conn: Connection, status: PresenceStatus, rooms: list[str]) -> None:
         conn.status = status
         for room in rooms:
             if await self.broker.presence.set_status(room, user_id=conn.user_id, status=status):
