@@ -133,12 +133,15 @@ async def test_welcome_comes_first(hub: Hub) -> None:
     alice = await connect(hub, "lobby", user_id="alice")
     first = alice.received[0]
     assert first["type"] == "system"
+    epoch = first["data"].pop("epoch")
+    assert isinstance(epoch, str) and epoch
     assert first["data"] == {
         "event": "welcome",
         "connection_id": alice.id,
         "user_id": "alice",
         "rooms": ["lobby"],
         "recovered": False,
+        "offset": 0,
     }
     assert alice.rooms == {"lobby"}
     assert alice.received[1]["type"] == "presence"
@@ -150,9 +153,6 @@ async def test_welcome_comes_first(hub: Hub) -> None:
     assert anon.id != alice.id
 
 
-@pytest.mark.xfail(
-    reason="hub.py: welcome and joined replies carry no 'epoch' (SPEC §3.8)", strict=True
-)
 async def test_welcome_and_joined_carry_epoch(hub: Hub) -> None:
     alice = await connect(hub, "lobby", user_id="alice")
     alice.send_json(type="join", room="other")
@@ -344,8 +344,9 @@ async def test_join_and_leave(hub: Hub) -> None:
     alice.send_json(type="join", room="r", ref="j1")
     await settle()
     joined = [m for m in alice.of_type("system") if m["data"]["event"] == "joined"]
+    assert [m["data"].pop("epoch") for m in joined] != [""]
     assert [m["data"] for m in joined] == [
-        {"event": "joined", "room": "r", "recovered": False, "ref": "j1"}
+        {"event": "joined", "room": "r", "recovered": False, "offset": 0, "ref": "j1"}
     ]
     bob.say("one")
     await settle()
@@ -368,11 +369,6 @@ async def test_join_and_leave(hub: Hub) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    reason="hub.py: join ignores last_id, so nothing is replayed and recovered is "
-    "always false (SPEC §3.7)",
-    strict=True,
-)
 async def test_join_with_last_id_replays(hub: Hub) -> None:
     bob = await connect(hub, "r", user_id="bob")
     for text in ("a", "b", "c"):
@@ -387,11 +383,6 @@ async def test_join_with_last_id_replays(hub: Hub) -> None:
     assert alice.texts() == ["b", "c"]
 
 
-@pytest.mark.xfail(
-    reason="hub.py: attach ignores Admission.last_id, so connecting with ?last_id= "
-    "replays nothing and the welcome says recovered=false (SPEC §3.7)",
-    strict=True,
-)
 async def test_connect_with_last_id_replays(hub: Hub) -> None:
     bob = await connect(hub, "r", user_id="bob")
     for text in ("a", "b", "c"):

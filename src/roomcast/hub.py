@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from roomcast.brokers.base import Broker, PresenceMember
+from roomcast.brokers.base import Broker, HistoryPage, PresenceMember
 from roomcast.brokers.memory import MemoryBroker
 from roomcast.connection import (
     Connection,
@@ -36,7 +36,7 @@ from roomcast.connection import (
     Flusher,
     MessageHook,
 )
-from roomcast.errors import CloseCode, ErrorCode, HubClosed, ProtocolError
+from roomcast.errors import BrokerError, CloseCode, ErrorCode, HubClosed, ProtocolError
 from roomcast.metrics import Metrics
 from roomcast.protocol import (
     ClientMessage,
@@ -173,6 +173,12 @@ class Hub:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keepalive: asyncio.Task[None] | None = None
         self._handshakes = 0
+        # Connections being attached (welcome not sent yet) -> messages held for them.
+        self._attaching: dict[Connection, list[Encoded]] = {}
+        # Room -> connections catching up on it -> messages held for them.
+        self._recovering: dict[str, dict[Connection, list[Encoded]]] = {}
+        # Room -> the task that subscribed this pod to it.
+        self._subscriptions: dict[str, asyncio.Task[None]] = {}
         self.draining = False
 
     @classmethod
@@ -330,7 +336,7 @@ class Hub:
         """
         if self.draining or self._loop is None:
             return Refusal(503, "server shutting down")
-        if len(self.registry) + self._handshakes >= self.max_connections:
+        if len(self.registry) + len(self._attaching) + self._handshakes >= self.max_connections:
             return Refusal(503, "server at capacity")
         name = route.strip("/")
         room = None
@@ -358,26 +364,49 @@ class Hub:
     # -- connection lifecycle -----------------------------------------------------------
 
     def attach(self, conn: Connection, admission: Admission) -> None:
-        """Register an upgraded connection: send its welcome, join its room, run on_connect."""
+        """Register an upgraded connection: welcome it, join its room, run on_connect.
+
+        The welcome is the connection's first frame. When it connects to a room,
+        the welcome waits for the room's position (``epoch``, ``offset``) and the
+        replay of what it missed after ``last_id``; messages published meanwhile
+        are held and delivered after the replay, without duplicates.
+        """
+        if admission.room is None:
+            self._register(conn, recovered=False)
+            conn.run_async(self._connected(conn))
+            return
+        buffer: list[Encoded] = []
+        self._attaching[conn] = buffer
+        conn.run_async(self._connected(conn, admission.room, admission.last_id, buffer))
+
+    def _register(self, conn: Connection, *, recovered: bool, **room_state: Any) -> None:
         self.registry.add(conn)
         self.metrics.connections.set(len(self.registry))
-        rooms = [admission.room] if admission.room is not None else []
-        conn.send(
-            self.messages.system(
-                "welcome",
-                {
-                    "connection_id": conn.id,
-                    "user_id": conn.user_id,
-                    "rooms": rooms,
-                    "recovered": False,
-                },
-            )
-        )
-        conn.run_async(self._connected(conn, admission.room))
+        data: dict[str, Any] = {
+            "connection_id": conn.id,
+            "user_id": conn.user_id,
+            "rooms": [room_state["room"]] if "room" in room_state else [],
+            "recovered": recovered,
+        }
+        if "epoch" in room_state:
+            data["epoch"] = room_state["epoch"]
+            data["offset"] = room_state["offset"]
+        conn.send(self.messages.system("welcome", data))
 
-    async def _connected(self, conn: Connection, room: str | None) -> None:
-        if room is not None:
-            await self._join(conn, room, reply=False)
+    async def _connected(
+        self,
+        conn: Connection,
+        room: str | None = None,
+        last_id: str | None = None,
+        buffer: list[Encoded] | None = None,
+    ) -> None:
+        if room is not None and buffer is not None:
+            try:
+                await self._join(conn, room, last_id=last_id, buffer=buffer)
+            finally:
+                self._attaching.pop(conn, None)
+            if conn.closed:
+                return
         hook = conn.config.on_connect
         if hook is not None:
             await _call(hook, conn)
@@ -457,7 +486,7 @@ class Hub:
                 conn.send(pong)
                 return None
             if kind is MessageType.JOIN:
-                return self._join(conn, _named_room(msg), reply=True, ref=msg.ref)
+                return self._join(conn, _named_room(msg), last_id=msg.last_id, ref=msg.ref)
             if kind is MessageType.LEAVE:
                 return self._leave(conn, _named_room(msg), ref=msg.ref)
             if kind is MessageType.PRESENCE:
@@ -521,28 +550,117 @@ class Hub:
             self.broker.publish(result)
 
     async def _join(
-        self, conn: Connection, room: str, *, reply: bool, ref: str | None = None
+        self,
+        conn: Connection,
+        room: str,
+        *,
+        last_id: str | None = None,
+        ref: str | None = None,
+        buffer: list[Encoded] | None = None,
     ) -> None:
+        """Join ``room``: subscribe, read the room's position and replay, then go live.
+
+        ``buffer`` is given while the connection is being attached (its welcome is
+        sent here); otherwise a ``joined`` reply is sent.
+        """
+        welcome = buffer is not None
         if conn.closed:
             return
-        if room not in conn.rooms:
-            first_local = self.registry.join(conn, room)
-            self.metrics.rooms.set(len(self.registry.rooms))
-            if first_local:
-                await self.broker.subscribe(room)
-            came_online = await self.broker.presence.add(
-                room, user_id=conn.user_id, conn_id=conn.id, info=conn.info
+        if room in conn.rooms:
+            if not welcome:
+                self._reply_joined(conn, room, ref, recovered=False)
+            return
+        # Hold the room's live messages for this connection while it catches up.
+        held = buffer if buffer is not None else []
+        recovering = self._recovering.setdefault(room, {})
+        recovering[conn] = held
+        try:
+            await self._subscribed(room)
+            replay, page = await self._missed(room, last_id)
+        except BrokerError as exc:
+            _log.warning("history unavailable; joining without replay", extra={"error": str(exc)})
+            replay, page = [], HistoryPage(room=room, epoch="", offset=0)
+        finally:
+            del recovering[conn]
+            if not recovering:
+                del self._recovering[room]
+        if conn.closed:
+            self._release(room)
+            return
+        # From here to registry.join nothing awaits: no message can slip between.
+        if welcome:
+            self._register(
+                conn, recovered=page.recovered, room=room, epoch=page.epoch, offset=page.offset
             )
-            if came_online:
-                online = PresenceStatus.ONLINE
-                self.broker.publish(
-                    self.messages.presence(room, conn.user_id, online, info=conn.info)
-                )
-        if reply:
-            data: dict[str, Any] = {"room": room, "recovered": False}
-            if ref is not None:
-                data["ref"] = ref
-            conn.send(self.messages.system("joined", data, room=room))
+        else:
+            self._reply_joined(
+                conn, room, ref, recovered=page.recovered, epoch=page.epoch, offset=page.offset
+            )
+        last = page.offset
+        for encoded in replay:
+            conn.push(encoded)
+        for encoded in held:
+            message = encoded.message
+            if message is not None and message.room == room and message.offset is not None:
+                if message.offset <= last:
+                    continue  # already replayed, or in the history the client is told of
+                last = message.offset
+            conn.push(encoded)
+        self.registry.join(conn, room)
+        self.metrics.rooms.set(len(self.registry.rooms))
+        came_online = await self.broker.presence.add(
+            room, user_id=conn.user_id, conn_id=conn.id, info=conn.info
+        )
+        if came_online:
+            online = PresenceStatus.ONLINE
+            self.broker.publish(self.messages.presence(room, conn.user_id, online, info=conn.info))
+
+    def _reply_joined(
+        self, conn: Connection, room: str, ref: str | None, *, recovered: bool, **extra: Any
+    ) -> None:
+        data: dict[str, Any] = {"room": room, "recovered": recovered, **extra}
+        if ref is not None:
+            data["ref"] = ref
+        conn.send(self.messages.system("joined", data, room=room))
+
+    async def _subscribed(self, room: str) -> None:
+        # One subscription per room, shared by concurrent joiners.
+        pending = self._subscriptions.get(room)
+        if pending is None:
+            pending = self._subscriptions[room] = self.loop.create_task(
+                _as_coroutine(self.broker.subscribe(room)), name=f"roomcast-subscribe-{room}"
+            )
+        await asyncio.shield(pending)
+
+    def _release(self, room: str) -> None:
+        # Unsubscribe from a room nobody here is in or joining any more.
+        if room in self.registry.rooms or room in self._recovering:
+            return
+        if self._subscriptions.pop(room, None) is not None and self.started:
+            self.spawn(self.broker.unsubscribe(room), name=f"roomcast-unsubscribe-{room}")
+
+    async def _missed(self, room: str, last_id: str | None) -> tuple[list[Encoded], HistoryPage]:
+        """The messages of ``room`` after ``last_id`` (every page), and the room's position."""
+        if last_id is None:
+            return [], await self.broker.history(room, limit=0)
+        page_size = max(1, self.send_queue // 2)
+        first = page = await self.broker.history(room, since=last_id, limit=page_size)
+        if not page.recovered:
+            return [], page
+        replay = list(page.messages)
+        while len(page.messages) == page_size:
+            tail = page.messages[-1].message
+            if tail is None:
+                break
+            page = await self.broker.history(room, since=tail.id, limit=page_size)
+            if not page.recovered:  # evicted while paging: the client must resync
+                return [], HistoryPage(room=room, epoch=page.epoch, offset=page.offset)
+            replay += page.messages
+        newest = replay[-1].message if replay else None
+        offset = first.offset
+        if newest is not None and newest.offset is not None:
+            offset = max(offset, newest.offset)
+        return replay, HistoryPage(room=room, epoch=first.epoch, offset=offset, recovered=True)
 
     async def _leave(self, conn: Connection, room: str, *, ref: str | None) -> None:
         if room not in conn.rooms:
@@ -564,8 +682,8 @@ class Hub:
         )
         if went_offline and self.started:
             self.broker.publish(self.messages.presence(room, conn.user_id, PresenceStatus.OFFLINE))
-        if last_local and room not in self.registry.rooms:
-            await self.broker.unsubscribe(room)
+        if last_local:
+            self._release(room)
 
     async def _set_status(self, conn: Connection, status: PresenceStatus, rooms: list[str]) -> None:
         conn.status = status
@@ -591,6 +709,8 @@ class Hub:
         conns = (
             self.registry.connections.values() if room is None else self.registry.rooms.get(room)
         )
+        if self._recovering or self._attaching:
+            self._hold(room, encoded)
         if not conns:
             return
         n = Registry.fanout(conns, encoded, self.flusher)
@@ -599,6 +719,17 @@ class Hub:
         metrics.fanouts.inc()
         if message is not None and message.created:
             metrics.delivery_latency.observe(max(0.0, time.time() - message.created))
+
+    def _hold(self, room: str | None, encoded: Encoded) -> None:
+        # Connections catching up on a room get its messages after their replay.
+        if room is None:
+            for held in self._attaching.values():
+                held.append(encoded)
+            return
+        recovering = self._recovering.get(room)
+        if recovering:
+            for held in recovering.values():
+                held.append(encoded)
 
     def handle_publish_error(self, message: Message, exc: BaseException) -> None:
         """Degrade gracefully: count, warn, and deliver ``message`` to local members."""

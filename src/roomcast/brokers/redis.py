@@ -408,18 +408,23 @@ class RedisBroker:
         """Return retained messages of ``room``, oldest first (see the Broker protocol)."""
         meta, stream = self._history_keys(room)
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
+            async with self._client.pipeline(transaction=True) as pipe:  # one snapshot
                 if self.history_size:
                     pipe.hsetnx(meta, "epoch", secrets.token_hex(4))
                     if self.history_ttl:
                         pipe.expire(meta, int(self.history_ttl), nx=True)
                 pipe.hmget(meta, "epoch", "offset")
-                pipe.xrange(stream)
+                if since is not None or limit != 0:
+                    pipe.xrange(stream)
                 results = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"history of {room!r} unavailable: {exc}") from exc
-        epoch_raw, offset_raw = results[-2]
-        entries = results[-1]
+        if since is not None or limit != 0:
+            epoch_raw, offset_raw = results[-2]
+            entries = results[-1]
+        else:
+            epoch_raw, offset_raw = results[-1]
+            entries = []
         messages = [_entry(fields) for _, fields in entries]
         recovered = False
         if since is not None:
