@@ -49,6 +49,7 @@ from roomcast.protocol import (
     parse,
     validate_room,
 )
+from roomcast.recovery import merge
 from roomcast.registry import Registry
 
 if TYPE_CHECKING:
@@ -596,15 +597,7 @@ class Hub:
             self._reply_joined(
                 conn, room, ref, recovered=page.recovered, epoch=page.epoch, offset=page.offset
             )
-        last = page.offset
-        for encoded in replay:
-            conn.push(encoded)
-        for encoded in held:
-            message = encoded.message
-            if message is not None and message.room == room and message.offset is not None:
-                if message.offset <= last:
-                    continue  # already replayed, or in the history the client is told of
-                last = message.offset
+        for encoded in merge(room, page.offset, replay, held):
             conn.push(encoded)
         self.registry.join(conn, room)
         self.metrics.rooms.set(len(self.registry.rooms))
