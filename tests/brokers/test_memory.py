@@ -90,16 +90,15 @@ async def test_history_shares_the_encoded_publication() -> None:
         await broker.close()
 
 
-async def test_zero_ttl_keeps_history(clock: FakeClock) -> None:
+async def test_zero_ttl_disables_history(clock: FakeClock) -> None:
     broker = MemoryBroker(history_ttl=0, clock=clock)
     await broker.start(Recorder())
     try:
-        first = await broker.publish(chat(MessageFactory(), "r", "x"))
-        epoch = (await broker.history("r")).epoch
-        clock.now += 10**7
+        stored = await broker.publish(chat(MessageFactory(), "r", "x"))
+        assert stored.offset is None
         page = await broker.history("r")
-        assert [e.message.id for e in page.messages if e.message] == [first.id]
-        assert page.epoch == epoch
+        assert page.messages == []
+        assert page.recovered is False
     finally:
         await broker.close()
 

@@ -46,7 +46,7 @@ class MemoryBroker:
     Args:
         history_size: messages kept per room (0 disables history).
         history_ttl: seconds after a room's last publication when its history is
-            dropped (0 keeps it as long as the process lives).
+            dropped (0 disables history).
         clock: monotonic seconds, injectable for tests.
     """
 
@@ -58,7 +58,8 @@ class MemoryBroker:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.presence: PresenceStore = MemoryPresence()
-        self._history_size = history_size
+        # SPEC §1: either option at 0 disables history.
+        self._history_size = history_size if history_ttl > 0 else 0
         self._history_ttl = history_ttl
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
@@ -150,7 +151,7 @@ class MemoryBroker:
         return stream
 
     def _expired(self, stream: _Stream, now: float) -> bool:
-        return bool(self._history_ttl) and now - stream.touched > self._history_ttl
+        return now - stream.touched > self._history_ttl
 
     async def _sweep(self) -> None:
         # Drop expired histories so idle rooms do not hold memory forever.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import secrets
 import time
@@ -66,7 +67,7 @@ class RedisBroker:
         prefix: prefix of every key and channel.
         history_size: messages kept per room (0 disables history).
         history_ttl: seconds after a room's last publication when its history
-            expires (0: never).
+            expires (0 disables history).
         presence_ttl: seconds after which the connections of a pod that stopped
             refreshing them are forgotten (and their users go offline).
         health_interval: seconds between subscriber health probes; a probe that
@@ -87,7 +88,8 @@ class RedisBroker:
     ) -> None:
         self.url = url
         self.prefix = prefix
-        self.history_size = history_size
+        # SPEC §1: either option at 0 disables history.
+        self.history_size = history_size if history_ttl > 0 else 0
         self.history_ttl = history_ttl
         self.health_interval = health_interval
         self.node_id = node_id or secrets.token_hex(4)
@@ -132,6 +134,11 @@ class RedisBroker:
     def health_channel(self) -> str:
         """This pod's own health-probe channel."""
         return f"{self.prefix}:health:{self.node_id}"
+
+    @property
+    def _ttl_seconds(self) -> int:
+        # Redis expires in whole seconds; never round a positive TTL down to 0.
+        return max(1, math.ceil(self.history_ttl))
 
     def _history_keys(self, room: str) -> list[str]:
         return [f"{self.prefix}:meta:{{{room}}}", f"{self.prefix}:history:{{{room}}}"]
@@ -203,7 +210,7 @@ class RedisBroker:
                 await self._send(batch)
 
     async def _send(self, batch: list[tuple[Message, asyncio.Future[Message]]]) -> None:
-        size, ttl = self.history_size, int(self.history_ttl)
+        size, ttl = self.history_size, self._ttl_seconds
         if not self._commands_ok:
             # Known to be unreachable: deliver locally at once instead of waiting
             # for a connect timeout; the health loop notices when Redis is back.
@@ -412,7 +419,7 @@ class RedisBroker:
                 if self.history_size:
                     pipe.hsetnx(meta, "epoch", secrets.token_hex(4))
                     if self.history_ttl:
-                        pipe.expire(meta, int(self.history_ttl), nx=True)
+                        pipe.expire(meta, self._ttl_seconds, nx=True)
                 pipe.hmget(meta, "epoch", "offset")
                 if since is not None or limit != 0:
                     pipe.xrange(stream)
