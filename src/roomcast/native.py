@@ -99,6 +99,19 @@ class NativeWebSocketProtocol(asyncio.Protocol):
     Handles ``{prefix}`` and ``{prefix}/{room}``; any other path gets HTTP 404.
     """
 
+    __slots__ = (
+        "close_sent",
+        "close_timer",
+        "conn",
+        "fragment_text",
+        "fragments",
+        "paused",
+        "remote",
+        "server_connections",
+        "transport",
+        "ws",
+    )
+
     hub: ClassVar[Hub]
     config: ClassVar[HandlerConfig]
     prefix: ClassVar[str] = "/ws"
@@ -339,5 +352,10 @@ def protocol_class(
     return type(
         "BoundNativeWebSocketProtocol",
         (NativeWebSocketProtocol,),
-        {"hub": hub, "config": config or HandlerConfig(), "prefix": prefix.rstrip("/")},
+        {
+            "__slots__": (),
+            "hub": hub,
+            "config": config or HandlerConfig(),
+            "prefix": prefix.rstrip("/"),
+        },
     )
