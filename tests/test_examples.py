@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidStatus
 
 from tests.support import MS, dumps, free_port, recv, recv_type, recv_until, ws_connect
 
@@ -287,6 +288,52 @@ async def test_http_publish_reaches_room_members(example: Callable[..., Example]
 
         await outsider.send(chat("mine"))  # the outsider got nothing from news before this
         assert (await recv_type(outsider, "chat"))["data"] == {"text": "mine"}
+
+
+# -- authenticated ---------------------------------------------------------------------------
+
+
+async def test_authenticated_connections_need_a_token_that_allows_the_room(
+    example: Callable[..., Example],
+) -> None:
+    server = example("authenticated")
+    async with httpx.AsyncClient(base_url=server.http, timeout=5000 * MS) as http:
+        response = await http.post("/token", json={"user": "alice"})
+        assert response.status_code == 200, response.text
+        token = response.json()["token"]
+        assert (await http.post("/token", json={"user": "Not Valid!"})).status_code == 422
+
+        for path, status in [("/lobby", 401), (f"/ops?token={token}", 403)]:
+            with pytest.raises(InvalidStatus) as refused:
+                await ws_connect(server.ws + path)
+            assert refused.value.response.status_code == status
+
+        async with await ws_connect(f"{server.ws}/lobby?token={token}") as alice:
+            hello = await welcome(alice)
+            assert hello["user_id"] == "alice"
+            online = await recv_type(alice, "presence")
+            assert online["data"]["user_id"] == "alice"
+
+            await alice.send(dumps({"type": "chat", "from": "mallory", "data": {"text": "hi"}}))
+            assert (await recv_type(alice, "chat"))["from"] == "alice"  # the token's sub
+
+            await alice.send(dumps({"type": "join", "room": "team-red", "ref": "j1"}))
+            joined = await recv_until(alice, lambda m: m["data"].get("event") == "joined")
+            assert joined["data"]["room"] == "team-red"
+            await alice.send(dumps({"type": "join", "room": "user-bob", "ref": "j2"}))
+            error = await recv_type(alice, "error")
+            assert (error["data"]["code"], error["data"]["ref"]) == ("forbidden_room", "j2")
+
+            fresh = (await http.post("/token", json={"user": "alice"})).json()["token"]
+            await alice.send(dumps({"type": "auth", "data": {"token": fresh}, "ref": "r1"}))
+            refreshed = await recv_until(alice, lambda m: m["data"].get("event") == "refreshed")
+            assert refreshed["data"]["ref"] == "r1"
+
+        # Header instead of query string.
+        bearer = {"Authorization": f"Bearer {token}"}
+        async with await ws_connect(f"{server.ws}/user-alice", additional_headers=bearer) as ws:
+            assert (await welcome(ws))["rooms"] == ["user-alice"]
+    assert token not in server.output()  # the log redacts ?token=
 
 
 # -- chat_client -----------------------------------------------------------------------------

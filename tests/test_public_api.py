@@ -8,18 +8,23 @@ import re
 import roomcast
 
 PUBLIC_API = {
+    "AuthError",
+    "Authenticator",
     "Broker",
     "BrokerError",
     "BrokerHandler",
     "BrokerUnavailable",
     "CloseCode",
     "ConfigError",
+    "ConnectRequest",
     "Connection",
     "ErrorCode",
     "HandlerConfig",
     "HistoryPage",
     "Hub",
     "HubClosed",
+    "Identity",
+    "JwtAuthenticator",
     "MemoryBroker",
     "MemoryPresence",
     "Message",

@@ -6,10 +6,12 @@ processes through Redis. Mount it into any ASGI app, or run ``roomcast serve``.
 """
 
 from roomcast._version import __version__
+from roomcast.auth import Authenticator, ConnectRequest, Identity, JwtAuthenticator
 from roomcast.brokers.base import Broker, BrokerHandler, HistoryPage, PresenceMember, PresenceStore
 from roomcast.brokers.memory import MemoryBroker, MemoryPresence
 from roomcast.connection import Connection
 from roomcast.errors import (
+    AuthError,
     BrokerError,
     BrokerUnavailable,
     CloseCode,
@@ -23,18 +25,23 @@ from roomcast.hub import HandlerConfig, Hub
 from roomcast.protocol import Message, MessageType, PresenceStatus
 
 __all__ = [
+    "AuthError",
+    "Authenticator",
     "Broker",
     "BrokerError",
     "BrokerHandler",
     "BrokerUnavailable",
     "CloseCode",
     "ConfigError",
+    "ConnectRequest",
     "Connection",
     "ErrorCode",
     "HandlerConfig",
     "HistoryPage",
     "Hub",
     "HubClosed",
+    "Identity",
+    "JwtAuthenticator",
     "MemoryBroker",
     "MemoryPresence",
     "Message",

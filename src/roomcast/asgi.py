@@ -24,13 +24,13 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
+from roomcast.auth import ConnectRequest
 from roomcast.connection import Connection
 from roomcast.errors import BrokerError, CloseCode, ErrorCode, ProtocolError
 from roomcast.hub import Admission, HandlerConfig, Hub, Refusal
@@ -150,24 +150,31 @@ class WebSocketApp:
             await response(scope, receive, send)
             return
         hub = self.hub
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        decision = hub.admit("" if self.roomless else _route(scope), query)
+        decision = hub.admit(
+            _connect_request(scope, "" if self.roomless else _route(scope)), self.config
+        )
+        if not isinstance(decision, Admission | Refusal):
+            decision = await decision  # an async authenticator, or a per-user count in Redis
         if isinstance(decision, Refusal):
             await receive()  # websocket.connect
             await self._refuse(scope, send, decision)
             return
+        accepted = False
         hub.handshake_started()
         try:
             message = await receive()
-            if message["type"] != "websocket.connect":
-                return
-            await send({"type": "websocket.accept"})
+            if message["type"] == "websocket.connect":
+                await send({"type": "websocket.accept"})
+                accepted = True
         finally:
             hub.handshake_ended()
-        await self._serve(scope, receive, send, decision)
+            if not accepted:
+                hub.abandon(decision)
+        if accepted:
+            await self._serve(scope, receive, send, decision)
 
     async def _refuse(self, scope: Scope, send: Send, refusal: Refusal) -> None:
-        self.hub.refused(refusal)
+        self.hub.refused(refusal, remote=_remote(scope))
         if "websocket.http.response" in scope.get("extensions", {}):
             body = orjson.dumps({"error": {"code": refusal.status, "message": refusal.message}})
             await send(
@@ -185,14 +192,13 @@ class WebSocketApp:
         self, scope: Scope, receive: Receive, send: Send, admission: Admission
     ) -> None:
         hub = self.hub
-        client = scope.get("client")
         conn = AsgiConnection(
             send,
             hub,
             self.config,
             user_id=admission.user_id,
             info=admission.info,
-            remote=f"{client[0]}:{client[1]}" if client else "",
+            remote=_remote(scope),
         )
         conn.start_writer()
         hub.attach(conn, admission)
@@ -227,6 +233,22 @@ class WebSocketApp:
                     await asyncio.wait_for(asyncio.shield(writer), 5.0)
             if conn.writer is not None:
                 conn.writer.cancel()
+
+
+def _remote(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else ""
+
+
+def _connect_request(scope: Scope, route: str) -> ConnectRequest:
+    client = scope.get("client")
+    return ConnectRequest.build(
+        path=scope.get("path", ""),
+        route=route,
+        query_string=scope.get("query_string", b"").decode("latin-1"),
+        headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())],
+        client=str(client[0]) if client else "",
+    )
 
 
 def _route(scope: Scope) -> str:

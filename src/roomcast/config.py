@@ -38,6 +38,7 @@ from typing import Any, Final, Literal, NoReturn
 from urllib.parse import urlsplit
 
 from roomcast.errors import ConfigError
+from roomcast.origins import is_origin_pattern
 
 __all__ = [
     "ENV_PREFIX",
@@ -66,9 +67,6 @@ _METADATA_KEY: Final = "roomcast"
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
-
-# An Origin header is "null" or scheme://host[:port]; "*" allows any.
-_ORIGIN: Final = re.compile(r"\*|null|[a-z][a-z0-9+.-]*://[^/\s?#]+", re.IGNORECASE)
 
 
 # Reading and checking one option -------------------------------------------------------
@@ -346,9 +344,7 @@ def _path(doc: str, *, group: str, must_exist: bool) -> Metadata:
 
 
 def _is_origins(value: object) -> bool:
-    return isinstance(value, tuple) and all(
-        isinstance(item, str) and _ORIGIN.fullmatch(item) for item in value
-    )
+    return isinstance(value, tuple) and all(is_origin_pattern(item) for item in value)
 
 
 def _origins(doc: str, *, group: str) -> Metadata:
@@ -358,7 +354,8 @@ def _origins(doc: str, *, group: str) -> Metadata:
             doc=doc,
             parse=_parse_list,
             check=_is_origins,
-            expected="a comma-separated list of origins such as https://example.com",
+            expected="a comma-separated list of origins such as https://example.com"
+            " or *.example.com",
             metavar="ORIGINS",
         )
     }
@@ -392,8 +389,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = field(
         default=(),
         metadata=_origins(
-            "comma-separated origins allowed to open WebSockets,"
-            " e.g. https://app.example.com (empty = any)",
+            "comma-separated origins allowed to open WebSockets, e.g."
+            " https://app.example.com,https://*.example.com (empty = any)",
             group="network",
         ),
     )

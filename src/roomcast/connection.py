@@ -31,6 +31,7 @@ from roomcast.errors import CloseCode, ErrorCode, ProtocolError
 from roomcast.protocol import Encoded, Message, PresenceStatus
 
 if TYPE_CHECKING:
+    from roomcast.auth import Identity
     from roomcast.hub import EndpointConfig, Hub
 
 __all__ = ["Connection", "Flusher", "TokenBucket"]
@@ -102,6 +103,8 @@ class Connection:
         id: unique connection id (also the ``from`` of an anonymous user).
         user_id: the authenticated user id, or the connection id when anonymous.
         info: optional JSON object attached to the user's presence.
+        identity: what the endpoint's authenticator said about the user (room
+            permissions, expiry), or None for an anonymous connection.
         rooms: rooms this connection has joined.
         remote: ``host:port`` of the client, for logs.
         status: the presence status the client set for itself.
@@ -116,6 +119,7 @@ class Connection:
         "config",
         "hub",
         "id",
+        "identity",
         "inbox",
         "info",
         "limit",
@@ -144,6 +148,7 @@ class Connection:
         self.id = f"c{next(_ids)}-{hub.node_id}"
         self.user_id = user_id if user_id is not None else self.id
         self.info = info
+        self.identity: Identity | None = None
         self.remote = remote
         self.rooms: set[str] = set()
         self.status = PresenceStatus.ONLINE
@@ -224,7 +229,7 @@ class Connection:
         inbox = self.inbox
         if inbox is not None:  # something is awaiting: queue behind it
             if len(inbox) >= self.limit:
-                self.hub.reject_overload(self)
+                self.hub.reject_overload(self, raw)
                 return
             inbox.append(raw)
             return

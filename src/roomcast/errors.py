@@ -4,6 +4,7 @@ Every exception roomcast raises derives from :class:`RoomcastError`::
 
     RoomcastError
     ├── ConfigError          bad settings, raised before anything starts
+    ├── AuthError            credentials refused (carries the HTTP status of the refusal)
     ├── ProtocolError        a client message that breaks SPEC §3 (carries an ErrorCode)
     ├── BrokerError          the broker could not do what was asked
     │   └── BrokerUnavailable  the broker is unreachable right now
@@ -19,6 +20,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "AuthError",
     "BrokerError",
     "BrokerUnavailable",
     "CloseCode",
@@ -82,6 +84,29 @@ class RoomcastError(Exception):
 
 class ConfigError(RoomcastError):
     """A setting is invalid. The message names the setting and what is wrong with it."""
+
+
+class AuthError(RoomcastError):
+    """A connection's credentials are refused.
+
+    Raised by an authenticator (see :mod:`roomcast.auth`). Before the upgrade the
+    request is refused with ``status``; on a token refresh the client gets an
+    ``error`` message. ``message`` is shown to the client, so it must never
+    contain the credential itself.
+
+    Attributes:
+        status: the HTTP status of the refusal: 401 (missing, invalid or expired
+            credentials) or 403 (valid credentials that do not allow the request).
+        message: a short human-readable reason.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}"
 
 
 class ProtocolError(RoomcastError):

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from roomcast.auth import Authenticator, ConnectRequest, Identity
 from roomcast.brokers.base import Broker, HistoryPage, PresenceMember
 from roomcast.brokers.memory import MemoryBroker
 from roomcast.connection import (
@@ -36,8 +38,17 @@ from roomcast.connection import (
     Flusher,
     MessageHook,
 )
-from roomcast.errors import BrokerError, CloseCode, ErrorCode, HubClosed, ProtocolError
+from roomcast.errors import (
+    AuthError,
+    BrokerError,
+    CloseCode,
+    ErrorCode,
+    HubClosed,
+    ProtocolError,
+)
+from roomcast.limits import ConnectRateLimiter, MemoryUserConnections, UserConnections
 from roomcast.metrics import Metrics
+from roomcast.origins import OriginPolicy
 from roomcast.protocol import (
     ClientMessage,
     Encoded,
@@ -78,13 +89,31 @@ class HandlerConfig:
         on_message: called with ``(connection, message)`` for each chat message
             before it is published; return the message (possibly changed) to
             publish it, or None to drop it.
-        auth_required: refuse connections without a valid token (HTTP 401).
+        auth_required: refuse connections without credentials (HTTP 401). Invalid
+            credentials are refused either way.
+        authenticator: turns the upgrade request into an
+            :class:`~roomcast.auth.Identity` (see :mod:`roomcast.auth`), e.g.
+            :class:`~roomcast.auth.JwtAuthenticator`; None accepts everyone
+            anonymously (or nobody, with ``auth_required``).
+        allowed_origins: ``Origin`` patterns allowed to connect (see
+            :mod:`roomcast.origins`); others get HTTP 403. Empty allows any.
+        origins: ``allowed_origins`` compiled (set from it; not an argument).
+
+    Raises:
+        ConfigError: an origin pattern is malformed.
     """
 
     on_connect: ConnectionHook | None = None
     on_disconnect: ConnectionHook | None = None
     on_message: MessageHook | None = None
     auth_required: bool = False
+    authenticator: Authenticator | None = None
+    allowed_origins: Sequence[str] = ()
+    origins: OriginPolicy = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed_origins", tuple(self.allowed_origins))
+        object.__setattr__(self, "origins", OriginPolicy(self.allowed_origins))
 
 
 EndpointConfig = HandlerConfig
@@ -92,12 +121,18 @@ EndpointConfig = HandlerConfig
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """A connection request the hub accepts: the room to join and who is asking."""
+    """A connection request the hub accepts: the room to join and who is asking.
+
+    End each one with :meth:`Hub.attach` or, if the upgrade fails, :meth:`Hub.abandon`
+    (it may hold a per-user connection slot).
+    """
 
     room: str | None
     user_id: str | None = None
     info: Any = None
     last_id: str | None = None
+    identity: Identity | None = None
+    slot: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +160,18 @@ class Hub:
         ping_timeout: seconds to wait for the pong before dropping the connection.
         history_size: messages kept per room by the default broker.
         history_ttl: seconds of inactivity before the default broker drops a room's history.
+        max_rooms_per_connection: rooms one connection may be in; a join beyond
+            gets a ``forbidden_room`` error.
+        max_connections_per_user: connections one authenticated user may hold
+            (0: no limit); more get HTTP 429.
+        connect_rate: new connections per second per client address (0: no
+            limit); more get HTTP 429.
+        user_connections: counts connections per user; per pod
+            (:class:`~roomcast.limits.MemoryUserConnections`) when None, give a
+            :class:`~roomcast.brokers.redis_users.RedisUserConnections` to count
+            across pods.
         id_factory: returns new message ids (UUIDv7 by default).
-        clock: wall-clock seconds, for timestamps.
+        clock: wall-clock seconds, for timestamps and credential expiry.
     """
 
     def __init__(
@@ -146,6 +191,11 @@ class Hub:
         # History (default broker)
         history_size: int = 100,
         history_ttl: float = 300.0,
+        # Abuse limits
+        max_rooms_per_connection: int = 100,
+        max_connections_per_user: int = 0,
+        connect_rate: float = 0.0,
+        user_connections: UserConnections | None = None,
         # Determinism
         id_factory: Callable[[], str] = default_id,
         clock: Callable[[], float] = time.time,
@@ -158,6 +208,7 @@ class Hub:
         self.metrics = Metrics(metrics_registry)
         self.registry = Registry()
         self.messages = MessageFactory(id_factory=id_factory, clock=clock)
+        self.clock = clock
         self.node_id = secrets.token_hex(3)
         # Limits
         self.max_connections = max_connections
@@ -168,6 +219,15 @@ class Hub:
         # Keepalive
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        # Abuse limits
+        self.max_rooms_per_connection = max_rooms_per_connection
+        self.max_connections_per_user = max_connections_per_user
+        self.user_connections: UserConnections = (
+            user_connections if user_connections is not None else MemoryUserConnections()
+        )
+        self._connect_limiter = ConnectRateLimiter(connect_rate) if connect_rate > 0 else None
+        # Connection -> (user id, slot) it holds under max_connections_per_user.
+        self._user_slots: dict[Connection, tuple[str, str]] = {}
         # Lifecycle
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
@@ -195,6 +255,9 @@ class Hub:
             "ping_timeout": settings.ping_timeout,
             "history_size": settings.history_size,
             "history_ttl": settings.history_ttl,
+            "max_rooms_per_connection": settings.max_rooms_per_connection,
+            "max_connections_per_user": settings.max_connections_per_user,
+            "connect_rate": settings.connect_rate,
         }
         options.update(kwargs)
         return cls(**options)
@@ -233,6 +296,7 @@ class Hub:
         self._flusher = Flusher(self._loop)
         self.draining = False
         await self.broker.start(self)
+        await self.user_connections.start()
         self._keepalive = self._loop.create_task(self._sweep(), name="roomcast-keepalive")
 
     async def close(self, *, code: int = CloseCode.SERVICE_RESTART, grace: float = 5.0) -> None:
@@ -259,6 +323,7 @@ class Hub:
         for task in list(self._tasks):
             task.cancel()
         await self.broker.close()
+        await self.user_connections.close()
         self._loop = None
         self._flusher = None
 
@@ -327,19 +392,43 @@ class Hub:
 
     # -- admission --------------------------------------------------------------------
 
-    def admit(self, route: str, query: Mapping[str, str]) -> Admission | Refusal:
+    def admit(
+        self, request: ConnectRequest, config: HandlerConfig | None = None
+    ) -> Admission | Refusal | Awaitable[Admission | Refusal]:
         """Decide, before the upgrade, whether a WebSocket request may connect.
 
+        Checks, cheapest first: the hub serves and has room (503); the client
+        address is under ``connect_rate`` (429); the origin is allowed (403); the
+        route names a valid room (404, 400); the credentials, through the
+        endpoint's authenticator (401, or the status of its
+        :class:`~roomcast.errors.AuthError`); the identity allows the room (403);
+        the user is under ``max_connections_per_user`` (429).
+
         Args:
-            route: the path below the endpoint's mount point: ``""``/``"/"`` or
-                ``"/{room}"``.
-            query: the decoded query parameters.
+            request: the upgrade request (``request.route`` is ``""`` or ``"/{room}"``).
+            config: the endpoint's configuration.
+
+        Returns:
+            The decision, or an awaitable of it when the authenticator is async
+            or the per-user count needs I/O: await it before reading anything
+            more from the client. An :class:`Admission` must end in
+            :meth:`attach` or, when the upgrade fails, :meth:`abandon`.
         """
+        config = config or HandlerConfig()
         if self.draining or self._loop is None:
             return Refusal(503, "server shutting down")
         if len(self.registry) + len(self._attaching) + self._handshakes >= self.max_connections:
             return Refusal(503, "server at capacity")
-        name = route.strip("/")
+        limiter = self._connect_limiter
+        if (
+            limiter is not None
+            and request.client
+            and not limiter.allow(request.client, self._loop.time())
+        ):
+            return Refusal(429, "too many new connections from this address; retry later")
+        if not config.origins.allows(request.origin):
+            return Refusal(403, "origin not allowed")
+        name = request.route.strip("/")
         room = None
         if name:
             if "/" in name:
@@ -348,7 +437,111 @@ class Hub:
                 room = validate_room(name)
             except ProtocolError as exc:
                 return Refusal(400, exc.detail)
-        return Admission(room=room, last_id=query.get("last_id") or None)
+        last_id = request.query.get("last_id") or None
+        authenticator = config.authenticator
+        if authenticator is None:
+            if config.auth_required:
+                return Refusal(401, "authentication required, but no authenticator is set up")
+            return Admission(room=room, last_id=last_id)
+        try:
+            identity = authenticator(request)
+        except AuthError as exc:
+            return Refusal(exc.status, exc.message)
+        except Exception:
+            _log.exception("authenticator failed; refusing the connection")
+            return Refusal(500, "authentication failed")
+        if inspect.isawaitable(identity):
+            return self._admit_later(identity, room, last_id, config)
+        return self._authorize(identity, room, last_id, config)
+
+    async def _admit_later(
+        self,
+        pending: Awaitable[Identity | None],
+        room: str | None,
+        last_id: str | None,
+        config: HandlerConfig,
+    ) -> Admission | Refusal:
+        self._handshakes += 1  # counts against max_connections meanwhile
+        try:
+            try:
+                identity = await pending
+            except AuthError as exc:
+                return Refusal(exc.status, exc.message)
+            except Exception:
+                _log.exception("authenticator failed; refusing the connection")
+                return Refusal(500, "authentication failed")
+            decision = self._authorize(identity, room, last_id, config)
+            if not isinstance(decision, Admission | Refusal):
+                decision = await decision
+        finally:
+            self._handshakes -= 1
+        if self.draining and isinstance(decision, Admission):
+            self.abandon(decision)
+            return Refusal(503, "server shutting down")
+        return decision
+
+    def _authorize(
+        self,
+        identity: Identity | None,
+        room: str | None,
+        last_id: str | None,
+        config: HandlerConfig,
+    ) -> Admission | Refusal | Awaitable[Admission | Refusal]:
+        # What the identity the authenticator returned allows.
+        if identity is None:
+            if config.auth_required:
+                return Refusal(401, "authentication required: send a token")
+            return Admission(room=room, last_id=last_id)
+        if not isinstance(identity, Identity):
+            _log.error("authenticator returned %r, not an Identity or None", type(identity))
+            return Refusal(500, "authentication failed")
+        if identity.expires_at is not None and identity.expires_at <= self.clock():
+            return Refusal(401, "credentials expired")
+        if room is not None and not identity.allows(room):
+            return Refusal(403, f"room {room!r} is not allowed by the token")
+        admission = Admission(
+            room=room,
+            user_id=identity.user_id,
+            info=identity.info,
+            last_id=last_id,
+            identity=identity,
+        )
+        limit = self.max_connections_per_user
+        if not limit:
+            return admission
+        admission = dataclasses.replace(admission, slot=secrets.token_hex(8))
+        taken = self.user_connections.acquire(identity.user_id, admission.slot or "", limit)
+        if inspect.isawaitable(taken):
+            return self._slot_later(taken, admission)
+        return admission if taken else self._too_many(limit)
+
+    async def _slot_later(
+        self, pending: Awaitable[bool], admission: Admission
+    ) -> Admission | Refusal:
+        try:
+            taken = await pending
+        except Exception:
+            _log.exception("per-user connection count failed; refusing the connection")
+            return Refusal(503, "connection count unavailable; retry later")
+        return admission if taken else self._too_many(self.max_connections_per_user)
+
+    @staticmethod
+    def _too_many(limit: int) -> Refusal:
+        return Refusal(429, f"too many connections for this user (at most {limit})")
+
+    def abandon(self, admission: Admission) -> None:
+        """Release what ``admission`` holds: its upgrade failed, so no :meth:`attach` follows."""
+        if admission.slot is not None and admission.user_id is not None:
+            self._release_slot(admission.user_id, admission.slot)
+
+    def _release_slot(self, user_id: str, slot: str) -> None:
+        done = self.user_connections.release(user_id, slot)
+        if done is None:
+            return
+        if self._loop is not None:
+            self.spawn(done, name="roomcast-release-slot")
+        elif inspect.iscoroutine(done):
+            done.close()
 
     def handshake_started(self) -> None:
         """Count a connection between admission and :meth:`attach` (capacity check)."""
@@ -358,9 +551,13 @@ class Hub:
         """Undo :meth:`handshake_started` (the upgrade finished or failed)."""
         self._handshakes -= 1
 
-    def refused(self, refusal: Refusal) -> None:
-        """Count a refused connection attempt."""
+    def refused(self, refusal: Refusal, *, remote: str = "") -> None:
+        """Count (and log at debug level) a refused connection attempt."""
         self.metrics.rejected.labels(status=str(refusal.status)).inc()
+        _log.debug(
+            "connection refused",
+            extra={"status": refusal.status, "reason": refusal.message, "remote": remote},
+        )
 
     # -- connection lifecycle -----------------------------------------------------------
 
@@ -372,6 +569,9 @@ class Hub:
         replay of what it missed after ``last_id``; messages published meanwhile
         are held and delivered after the replay, without duplicates.
         """
+        conn.identity = admission.identity
+        if admission.slot is not None and admission.user_id is not None:
+            self._user_slots[conn] = (admission.user_id, admission.slot)
         if admission.room is None:
             self._register(conn, recovered=False)
             conn.run_async(self._connected(conn))
@@ -418,6 +618,9 @@ class Hub:
             return
         conn.closed = True
         conn.pending = None
+        slot = self._user_slots.pop(conn, None)
+        if slot is not None:
+            self._release_slot(*slot)
         if self.registry.connections.get(conn.id) is not conn:
             return
         left = self.registry.remove(conn)
@@ -442,11 +645,14 @@ class Hub:
             extra={"conn_id": conn.id, "user_id": conn.user_id, "remote": conn.remote},
         )
 
-    def reject_overload(self, conn: Connection) -> None:
+    def reject_overload(self, conn: Connection, raw: str | bytes) -> None:
         """A connection's inbox is full (its hooks are too slow): drop the frame."""
         self.metrics.rate_limited.inc()
         self.send_error(
-            conn, ProtocolError(ErrorCode.RATE_LIMITED, "too many messages waiting; dropped")
+            conn,
+            ProtocolError(
+                ErrorCode.RATE_LIMITED, "too many messages waiting; dropped", ref=_ref_of(raw)
+            ),
         )
 
     # -- inbound ------------------------------------------------------------------------
@@ -474,6 +680,7 @@ class Hub:
                 ProtocolError(
                     ErrorCode.RATE_LIMITED,
                     f"rate limit of {self.rate:g} messages/s exceeded; message dropped",
+                    ref=_ref_of(raw),
                 ),
             )
             return None
@@ -487,14 +694,15 @@ class Hub:
                 conn.send(pong)
                 return None
             if kind is MessageType.JOIN:
-                return self._join(conn, _named_room(msg), last_id=msg.last_id, ref=msg.ref)
+                room = _named_room(msg)
+                self._check_join(conn, room, msg.ref)
+                return self._join(conn, room, last_id=msg.last_id, ref=msg.ref)
             if kind is MessageType.LEAVE:
                 return self._leave(conn, _named_room(msg), ref=msg.ref)
             if kind is MessageType.PRESENCE:
                 rooms = [self._target(conn, msg)] if msg.room is not None else sorted(conn.rooms)
                 return self._set_status(conn, PresenceStatus(msg.data["status"]), rooms)
-            self._auth(conn, msg)
-            return None
+            return self._auth(conn, msg)
         except ProtocolError as exc:
             self.send_error(conn, exc)
             return None
@@ -515,10 +723,28 @@ class Hub:
                 )
             (room,) = conn.rooms
         elif room not in conn.rooms:
+            identity = conn.identity
+            if identity is not None and not identity.allows(room):
+                raise _forbidden(room, msg.ref)
             raise ProtocolError(
                 ErrorCode.NOT_MEMBER, f"not a member of room {room!r}; join it first", ref=msg.ref
             )
         return room
+
+    def _check_join(self, conn: Connection, room: str, ref: str | None) -> None:
+        # Joins of one connection run one after another, so conn.rooms is current.
+        if room in conn.rooms:
+            return
+        identity = conn.identity
+        if identity is not None and not identity.allows(room):
+            raise _forbidden(room, ref)
+        if len(conn.rooms) >= self.max_rooms_per_connection:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN_ROOM,
+                f"room limit reached: a connection may be in at most"
+                f" {self.max_rooms_per_connection} rooms; leave one first",
+                ref=ref,
+            )
 
     def _chat(self, conn: Connection, msg: ClientMessage) -> Awaitable[None] | None:
         room = self._target(conn, msg)
@@ -686,12 +912,67 @@ class Hub:
                     self.messages.presence(room, conn.user_id, status, info=conn.info)
                 )
 
-    def _auth(self, conn: Connection, msg: ClientMessage) -> None:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE,
-            "this server does not check tokens, so there is nothing to refresh",
-            ref=msg.ref,
-        )
+    def _auth(self, conn: Connection, msg: ClientMessage) -> Awaitable[None] | None:
+        # Token refresh: the same authenticator, the same user, a later expiry.
+        authenticator = conn.config.authenticator
+        if authenticator is None:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE,
+                "this server does not check tokens, so there is nothing to refresh",
+                ref=msg.ref,
+            )
+        host = conn.remote.rpartition(":")[0]
+        try:
+            identity = authenticator(ConnectRequest.for_refresh(msg.data["token"], client=host))
+        except AuthError as exc:
+            raise _refused(exc.message, msg.ref) from None
+        except Exception:
+            _log.exception("authenticator failed on refresh", extra={"conn_id": conn.id})
+            raise _refused("authentication failed", msg.ref) from None
+        if inspect.isawaitable(identity):
+            return self._auth_later(conn, identity, msg.ref)
+        return self._refresh(conn, identity, msg.ref)
+
+    async def _auth_later(
+        self, conn: Connection, pending: Awaitable[Identity | None], ref: str | None
+    ) -> None:
+        try:
+            try:
+                identity = await pending
+            except AuthError as exc:
+                raise _refused(exc.message, ref) from None
+            except Exception:
+                _log.exception("authenticator failed on refresh", extra={"conn_id": conn.id})
+                raise _refused("authentication failed", ref) from None
+            step = self._refresh(conn, identity, ref)
+        except ProtocolError as exc:
+            self.send_error(conn, exc)
+            return
+        if step is not None:
+            await step
+
+    def _refresh(
+        self, conn: Connection, identity: Identity | None, ref: str | None
+    ) -> Awaitable[None] | None:
+        if not isinstance(identity, Identity):
+            raise _refused("no credentials", ref)
+        if conn.identity is None or identity.user_id != conn.user_id:
+            raise _refused("a refresh must be for the connection's own user (the same sub)", ref)
+        if identity.expires_at is not None and identity.expires_at <= self.clock():
+            raise _refused("token expired", ref)
+        conn.identity = identity
+        conn.info = identity.info
+        data: dict[str, Any] = {"user_id": identity.user_id, "expires_at": identity.expires_at}
+        if ref is not None:
+            data["ref"] = ref
+        conn.send(self.messages.system("refreshed", data))
+        revoked = sorted(room for room in conn.rooms if not identity.allows(room))
+        return self._leave_revoked(conn, revoked) if revoked else None
+
+    async def _leave_revoked(self, conn: Connection, rooms: list[str]) -> None:
+        # The new token no longer allows these rooms: leave them as if asked to.
+        for room in rooms:
+            await self._leave(conn, room, ref=None)
 
     # -- outbound -------------------------------------------------------------------------
 
@@ -803,12 +1084,46 @@ class Hub:
         while True:
             await asyncio.sleep(period)
             now = self.loop.time()
+            wall = self.clock()
             for conn in list(self.registry.connections.values()):
                 try:
                     conn.keepalive(now)
+                    identity = conn.identity
+                    expires_at = identity.expires_at if identity is not None else None
+                    if expires_at is not None and expires_at <= wall:
+                        self._expire(conn)
                 except Exception:
                     _log.exception("keepalive failed", extra={"conn_id": conn.id})
                     conn.abort()
+            limiter = self._connect_limiter
+            if limiter is not None and len(limiter) > 1024:
+                limiter.prune(now)
+
+    def _expire(self, conn: Connection) -> None:
+        # The credentials ran out and were not refreshed: 4001.
+        _log.info(
+            "credentials expired; closing (4001)",
+            extra={"conn_id": conn.id, "user_id": conn.user_id, "remote": conn.remote},
+        )
+        conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
+
+
+def _forbidden(room: str, ref: str | None) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.FORBIDDEN_ROOM, f"room {room!r} is not allowed by your token", ref=ref
+    )
+
+
+def _refused(reason: str, ref: str | None) -> ProtocolError:
+    return ProtocolError(ErrorCode.INVALID_MESSAGE, f"token refused: {reason}", ref=ref)
+
+
+def _ref_of(raw: str | bytes) -> str | None:
+    # The ref of a message that is dropped unhandled, for the error about it.
+    try:
+        return parse(raw).ref
+    except ProtocolError as exc:
+        return exc.ref
 
 
 def _named_room(msg: ClientMessage) -> str:

@@ -19,6 +19,13 @@ handler, passes the message, its arguments and every extra through
 :func:`redact`, which replaces the value of credential query parameters
 (``?token=…``), ``Authorization`` / ``X-API-Key`` header values and anything
 shaped like a JWT with ``***``. The formatters redact the tracebacks they render.
+
+A client's doing is not the server's error, and must not let a client fill the
+logs with errors: uvicorn's WebSocket implementation logs a text frame with
+invalid UTF-8 (answered with close code 1007) as an error with a traceback, and
+every upgrade refused with an HTTP status (401, 403, 429...) as an error too;
+the handler writes the first as one ``info`` line and the second at ``debug``
+(uvicorn's own ``info`` line already reports the refusal's status).
 """
 
 from __future__ import annotations
@@ -172,6 +179,28 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class _ClientFaults(logging.Filter):
+    """Demote what uvicorn logs as errors but clients cause (see the module docstring)."""
+
+    LEVELS: Final = {
+        "Invalid UTF-8 sequence received from client.": logging.INFO,
+        # After an upgrade answered with an HTTP response (websocket.http.response).
+        "ASGI callable returned without completing handshake.": logging.DEBUG,
+    }
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg
+        level = None
+        if isinstance(msg, str) and record.name.startswith("uvicorn"):
+            level = self.LEVELS.get(msg)
+        if level is None:
+            return True
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = level, logging.getLevelName(level)
+        return logging.getLogger().isEnabledFor(level)
+
+
 # Formatting ------------------------------------------------------------------------------
 
 
@@ -306,6 +335,7 @@ def configure_logging(
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(formatter)
+    handler.addFilter(_ClientFaults())
     handler.addFilter(RedactingFilter())
 
     root = logging.getLogger()

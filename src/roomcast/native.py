@@ -14,16 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+from collections.abc import Iterable
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
+from roomcast.auth import ConnectRequest
 from roomcast.connection import Connection
 from roomcast.errors import CloseCode, ErrorCode, ProtocolError
 from roomcast.hub import Admission, HandlerConfig, Hub, Refusal
@@ -105,6 +108,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         "conn",
         "fragment_text",
         "fragments",
+        "held",
         "paused",
         "remote",
         "server_connections",
@@ -135,6 +139,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.fragments: list[bytes | bytearray | memoryview] = []
         self.fragment_text = True
         self.remote = ""
+        # Events received while an async admission runs (None otherwise).
+        self.held: list[Any] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -173,9 +179,17 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         """Parse frames and hand complete text messages to the connection."""
         ws = self.ws
         ws.receive_data(data)
-        for event in ws.events_received():
+        self.dispatch(ws.events_received())
+
+    def dispatch(self, events: Iterable[Any]) -> None:
+        ws = self.ws
+        for event in events:
             if type(event) is Frame:
-                self.frame_received(event)
+                held = self.held
+                if held is None:
+                    self.frame_received(event)
+                else:  # sent right behind the request: after the admission
+                    held.append(event)
             elif isinstance(event, Request):
                 self.handshake(event)
         self.write_protocol_data()
@@ -199,22 +213,59 @@ class NativeWebSocketProtocol(asyncio.Protocol):
     # -- handshake --------------------------------------------------------------------------
 
     def handshake(self, request: Request) -> None:
-        hub = self.hub
         parts = urlsplit(request.path)
         path = unquote(parts.path)
+        if path != self.prefix and not path.startswith(self.prefix + "/"):
+            self.refuse(Refusal(404, "no such endpoint"))
+            return
+        connect = ConnectRequest.build(
+            path=path,
+            route=path[len(self.prefix) :],
+            query_string=parts.query,
+            headers=request.headers.raw_items(),
+            client=self.remote.rpartition(":")[0],
+        )
+        decision = self.hub.admit(connect, self.config)
+        if isinstance(decision, Admission | Refusal):
+            self.decided(request, decision)
+            return
+        # An async authenticator or a per-user count in Redis: stop reading from
+        # the client until the decision is in, then go on where we left off.
+        self.held = []
+        self.transport.pause_reading()
+        task = self.hub.spawn(decision, name="roomcast-admission")
+        task.add_done_callback(functools.partial(self.admission_done, request))
+
+    def admission_done(self, request: Request, task: asyncio.Task[Any]) -> None:
+        held, self.held = self.held or [], None
         decision: Admission | Refusal
-        if path == self.prefix or path.startswith(self.prefix + "/"):
-            query = dict(parse_qsl(parts.query))
-            decision = hub.admit(path[len(self.prefix) :], query)
+        if task.cancelled():
+            decision = Refusal(503, "server shutting down")
+        elif task.exception() is not None:
+            decision = Refusal(500, "admission failed")
         else:
-            decision = Refusal(404, "no such endpoint")
+            decision = task.result()
+        if self.transport.is_closing():  # the client went away meanwhile
+            if isinstance(decision, Admission):
+                self.hub.abandon(decision)
+            return
+        self.decided(request, decision)
+        if self.close_sent:
+            return
+        self.transport.resume_reading()
+        if held:
+            self.dispatch(held)
+
+    def decided(self, request: Request, decision: Admission | Refusal) -> None:
         if isinstance(decision, Refusal):
             self.refuse(decision)
             return
+        hub = self.hub
         response = self.ws.accept(request)
         self.ws.send_response(response)
         self.write_protocol_data()
         if response.status_code != 101:
+            hub.abandon(decision)
             self.close_sent = True
             self.transport.close()
             return
@@ -229,7 +280,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         hub.attach(conn, decision)
 
     def refuse(self, refusal: Refusal) -> None:
-        self.hub.refused(refusal)
+        self.hub.refused(refusal, remote=self.remote)
         response = self.ws.reject(refusal.status, refusal.message + "\n")
         self.ws.send_response(response)
         self.write_protocol_data()

@@ -32,8 +32,9 @@ def merge(
             ones).
 
     Held messages of ``room`` with an offset at or below the last offset already
-    delivered are dropped; messages without an offset (presence, messages to
-    everyone, messages delivered locally while the broker was down) pass through.
+    delivered are dropped, and so are messages of any other room; messages without
+    an offset (presence, messages to everyone, messages delivered locally while
+    the broker was down) pass through.
     """
     out = list(replay)
     last = position
@@ -43,9 +44,12 @@ def merge(
             last = max(last, message.offset)
     for encoded in held:
         message = encoded.message
-        if message is not None and message.room == room and message.offset is not None:
-            if message.offset <= last:
+        if message is not None and message.room is not None:
+            if message.room != room:
                 continue
-            last = message.offset
+            if message.offset is not None:
+                if message.offset <= last:
+                    continue
+                last = message.offset
         out.append(encoded)
     return out

@@ -20,12 +20,13 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from roomcast.auth import JwtAuthenticator
 from roomcast.config import Settings
 from roomcast.hub import HandlerConfig, Hub
 from roomcast.logs import configure_logging
 from roomcast.native import protocol_class
 
-__all__ = ["build_app", "build_hub", "run", "uvicorn_config"]
+__all__ = ["build_app", "build_hub", "handler_config", "run", "uvicorn_config"]
 
 _log = logging.getLogger("roomcast.server")
 
@@ -35,6 +36,7 @@ def build_hub(settings: Settings) -> Hub:
     if not settings.redis_url:
         return Hub.from_settings(settings)
     from roomcast.brokers.redis import RedisBroker
+    from roomcast.brokers.redis_users import RedisUserConnections
 
     broker = RedisBroker.from_url(
         settings.redis_url,
@@ -43,7 +45,25 @@ def build_hub(settings: Settings) -> Hub:
         history_ttl=settings.history_ttl,
         presence_ttl=settings.presence_ttl,
     )
-    return Hub.from_settings(settings, broker=broker)
+    extra: dict[str, Any] = {}
+    if settings.max_connections_per_user:  # counted across pods
+        extra["user_connections"] = RedisUserConnections.from_url(
+            settings.redis_url, prefix=settings.redis_prefix, ttl=settings.presence_ttl
+        )
+    return Hub.from_settings(settings, broker=broker, **extra)
+
+
+def handler_config(settings: Settings) -> HandlerConfig:
+    """The WebSocket endpoint's configuration: authentication and origins.
+
+    Raises:
+        ConfigError: a JWT key is unusable (see :class:`~roomcast.auth.JwtAuthenticator`).
+    """
+    return HandlerConfig(
+        auth_required=settings.auth_required,
+        authenticator=JwtAuthenticator.from_settings(settings),
+        allowed_origins=settings.allowed_origins,
+    )
 
 
 class _Server(uvicorn.Server):
@@ -60,7 +80,7 @@ class _Server(uvicorn.Server):
 
 def build_app(hub: Hub, settings: Settings, config: HandlerConfig | None = None) -> Starlette:
     """Return the standalone server's ASGI app: ``/ws``, ``/ws/{room}`` and the HTTP API."""
-    handler = config or HandlerConfig(auth_required=settings.auth_required)
+    handler = config or handler_config(settings)
     return Starlette(
         routes=[
             *hub.websocket_routes(handler),
@@ -72,7 +92,7 @@ def build_app(hub: Hub, settings: Settings, config: HandlerConfig | None = None)
 
 def uvicorn_config(hub: Hub, settings: Settings, config: HandlerConfig | None = None) -> Any:
     """Return the ``uvicorn.Config`` that serves ``hub`` as ``settings`` describe."""
-    handler = config or HandlerConfig(auth_required=settings.auth_required)
+    handler = config or handler_config(settings)
     ws: Any = protocol_class(hub, handler) if settings.ws == "native" else "websockets-sansio"
     return uvicorn.Config(
         build_app(hub, settings, handler),
@@ -98,13 +118,18 @@ def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit code."""
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     hub = build_hub(settings)
-    server = _Server(uvicorn_config(hub, settings))
+    handler = handler_config(settings)
+    server = _Server(uvicorn_config(hub, settings, handler))
+    authenticator = handler.authenticator
     _log.info(
         "roomcast serving",
         extra={
             "url": f"http://{settings.host}:{settings.port}",
             "broker": type(hub.broker).__name__,
             "ws": settings.ws,
+            "auth": ",".join(authenticator.algorithms)
+            if isinstance(authenticator, JwtAuthenticator)
+            else "none",
         },
     )
     server.run()

@@ -42,7 +42,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from roomcast.brokers.base import BrokerHandler, HistoryPage
+from roomcast.brokers.base import BrokerHandler, HistoryPage, PresenceStore
 from roomcast.brokers.redis_presence import RedisPresence
 from roomcast.brokers.redis_scripts import PUBLISH
 from roomcast.errors import BrokerUnavailable, ProtocolError
@@ -100,7 +100,10 @@ class RedisBroker:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=10,
         )
-        self.presence = RedisPresence(self._client, prefix=prefix, ttl=presence_ttl)
+        self._presence = RedisPresence(self._client, prefix=prefix, ttl=presence_ttl)
+        # Typed as the Broker protocol says, so that ``Hub(broker=RedisBroker(...))``
+        # type-checks (a protocol attribute is invariant: RedisPresence would not do).
+        self.presence: PresenceStore = self._presence
         self._publish_script = self._client.register_script(PUBLISH)
         self._handler: BrokerHandler | None = None
         self._queue: deque[tuple[Message, asyncio.Future[Message]]] = deque()
@@ -175,9 +178,18 @@ class RedisBroker:
         self._handler = None
         for task in self._tasks:
             task.cancel()
+        # A cancellation can be lost: redis-py wraps socket writes in
+        # asyncio.wait_for, which on Python 3.11 returns the result instead of
+        # raising when the cancel lands just as the write completes. The loop then
+        # goes on and awaiting it would hang forever, so cancel again until done.
+        pending = set(self._tasks)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+            for task in pending:
+                task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            if not task.cancelled():
+                task.exception()  # retrieve it: nothing to do with it while closing
         self._tasks.clear()
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
@@ -394,11 +406,11 @@ class RedisBroker:
                 self._reconnect.set()
 
     async def _presence_loop(self) -> None:
-        period = max(0.2, self.presence.ttl / 3)
+        period = max(0.2, self._presence.ttl / 3)
         while True:
             await asyncio.sleep(period)
             try:
-                gone = await self.presence.heartbeat()
+                gone = await self._presence.heartbeat()
             except (RedisError, OSError) as exc:
                 _log.debug("presence heartbeat failed", extra={"error": str(exc)})
                 continue
@@ -431,6 +443,10 @@ class RedisBroker:
             entries = results[-1]
         else:
             epoch_raw, offset_raw = results[-1]
+            entries = []
+        if offset_raw is None:
+            # Nothing published in this epoch yet: stream entries can only be left
+            # from an earlier history whose meta was lost alone (e.g. evicted).
             entries = []
         messages = [_entry(fields) for _, fields in entries]
         recovered = False

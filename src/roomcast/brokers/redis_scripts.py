@@ -15,8 +15,11 @@ PUBLISH: Final = """
 -- ARGV: channel, payload (JSON object without offset), message id,
 --       history size, history ttl (s, 0 = none), epoch to use if the history is new
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[6]
+if not epoch or redis.call('HEXISTS', KEYS[1], 'offset') == 0 then
+  -- A new history: none yet, or only its epoch (set by a reader). A stream left
+  -- from an earlier history whose meta was lost alone (evicted) goes too, else
+  -- XADD would refuse the smaller entry id and every publication would fail.
+  epoch = epoch or ARGV[6]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end

@@ -1,0 +1,1 @@
+"""Reference servers that speak the benchmark wire protocol (see bench/README.md)."""
