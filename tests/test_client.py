@@ -282,6 +282,27 @@ def test_bad_arguments() -> None:
         Client("ws://127.0.0.1/ws", rooms=["a b"])
 
 
+def test_public_names_are_exported_and_documented() -> None:
+    import inspect
+
+    import roomcast.client
+
+    namespace: dict[str, object] = {}
+    exec("from roomcast.client import *", namespace)
+    for name in roomcast.client.__all__:
+        obj = getattr(roomcast.client, name)
+        assert namespace[name] is obj
+        assert inspect.getdoc(obj), f"{name} has no docstring"
+    public = {
+        name
+        for name, obj in vars(roomcast.client).items()
+        if not name.startswith("_")
+        and getattr(obj, "__module__", None) == "roomcast.client"
+        and (inspect.isclass(obj) or inspect.isfunction(obj))
+    }
+    assert public == set(roomcast.client.__all__)
+
+
 def test_errors_share_the_root() -> None:
     for exc in (ClientClosed, NotConnected, ReplyError, TokenUnavailable):
         assert issubclass(exc, RoomcastError)
@@ -889,3 +910,42 @@ async def test_unauthorized_handshake(auth_server: ServerProcess, clients: list[
         assert client.user_id == "frank"
         [refused] = rec.seen(State.DISCONNECTED)
         assert (refused.status, refused.action) == (401, CloseAction.REFRESH)
+
+
+async def test_reconnect_now_recovers(server: ServerProcess, clients: list[Client]) -> None:
+    room = fresh_room("now")
+    rec = Recorder()
+    async with make(clients, server.ws, [room], min_delay=5, max_delay=5, **rec.options()) as c:
+        seen = await publish(server, room, {"text": "seen"})
+        assert texts(await messages(c, 1)) == ["seen"]
+        first = c.connection_id
+        rec.joins.clear()
+        c.reconnect()
+        await eventually(_true_when(lambda: bool(rec.joins)))
+        assert c.connection_id != first
+        [change] = rec.seen(State.DISCONNECTED)
+        assert change.delay == 0  # at once, despite min_delay=5
+        [joined] = rec.joins
+        assert (joined.rejoin, joined.recovered, joined.last_id) == (True, True, seen["id"])
+
+
+async def test_presence_is_restored_after_reconnecting(
+    server: ServerProcess, clients: list[Client], proxy: Callable[[int], Any]
+) -> None:
+    p: Proxy = await proxy(server.port)
+    room = fresh_room("away")
+    async with make(clients, server.ws, [room]) as alice:
+        bob = make(clients, p.ws, [room])
+        await bob.start()
+        await bob.set_presence("away")
+        p.drop()
+        first = bob.user_id
+        await eventually(_true_when(lambda: bob.user_id != first), 5000 * MS)
+        away = await next_matching(
+            alice,
+            lambda m: (
+                m.type is MessageType.PRESENCE
+                and m.data == {"status": "away", "user_id": bob.user_id}
+            ),
+        )
+        assert away.room == room

@@ -798,14 +798,6 @@ async def test_frames_sent_while_recovering_are_answered_after_the_replay(
     assert mine["data"] == {"i": "mine"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "SPEC §3.8: joined replies carry the room's epoch; hub.py Hub._join answers a join "
-        "of a room the connection is already in with {room, recovered: false} only, "
-        "without epoch or offset"
-    ),
-)
 async def test_join_of_a_room_already_joined_still_carries_the_epoch(
     serve: Serve, client: Connect
 ) -> None:
@@ -819,3 +811,27 @@ async def test_join_of_a_room_already_joined_still_carries_the_epoch(
     reply = await joined(ws, room)
     assert reply["epoch"] == epoch
     assert isinstance(reply.get("offset"), int)
+
+
+async def test_member_rejoining_with_last_id_gets_the_replay_once(
+    serve: Serve, client: Connect
+) -> None:
+    # A member that saw an offset gap joins its own room again with last_id: it
+    # receives every retained message after last_id, once, then live ones, and
+    # its presence is not announced again.
+    server = serve("--rate", "0", "--api-insecure")
+    room = fresh_room()
+    ws = await client(f"{server.ws}/{room}")
+    await welcome(ws)
+    for i in range(4):
+        await notify(server, room, i=i)
+    got = await retained(ws, 4)
+    await ws.send(dumps({"type": "join", "room": room, "last_id": got[0]["id"]}))
+    reply = await joined(ws, room)
+    assert reply["recovered"] is True
+    replay = await retained(ws, 3)
+    assert [m["id"] for m in replay] == [m["id"] for m in got[1:]]
+    await notify(server, room, i=4)
+    (live,) = await retained(ws, 1)
+    assert live["offset"] == got[-1]["offset"] + 1
+    await assert_silent(ws, 300 * MS, "presence")

@@ -343,6 +343,8 @@ export class RoomcastClient {
       } catch {
         // already closing
       }
+      const detail = { code: 4000, reason: 'reconnecting', attempt: this.#attempt, delay: 0, ceiling: 0 };
+      this.#setState(State.DISCONNECTED, { ...detail, action: CloseAction.RECONNECT });
     }
     this.#open();
   }

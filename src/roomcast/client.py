@@ -39,7 +39,7 @@ import json
 import logging
 import random as _random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -80,7 +80,7 @@ __all__ = [
 
 _log = logging.getLogger("roomcast.client")
 
-ABNORMAL_CLOSURE: Final = 1006
+_ABNORMAL_CLOSURE: Final = 1006
 """The close code reported when a connection ended without a close frame."""
 
 
@@ -815,7 +815,7 @@ class Client:
             raise
         except Exception as exc:
             _log.exception("roomcast client failed")
-            self._finish(ClientClosed(ABNORMAL_CLOSURE, f"client failed: {exc}"))
+            self._finish(ClientClosed(_ABNORMAL_CLOSURE, f"client failed: {exc}"))
 
     def _decide(self, ended: _Ended) -> CloseAction:
         can_refresh = self._get_token is not None
@@ -840,7 +840,7 @@ class Client:
             token = await self._token_for_connect()
         except TokenUnavailable as exc:
             _call(self.on_error, exc)
-            return _Ended(ABNORMAL_CLOSURE, str(exc))
+            return _Ended(_ABNORMAL_CLOSURE, str(exc))
         url, headers = self._target(token)
         try:
             ws = await ws_connect(
@@ -856,11 +856,11 @@ class Client:
         except InvalidStatus as exc:
             status = exc.response.status_code
             body = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
-            return _Ended(ABNORMAL_CLOSURE, body[:200], status=status)
+            return _Ended(_ABNORMAL_CLOSURE, body[:200], status=status)
         except InvalidURI as exc:
-            return _Ended(ABNORMAL_CLOSURE, str(exc), status=400)
+            return _Ended(_ABNORMAL_CLOSURE, str(exc), status=400)
         except (OSError, TimeoutError, InvalidHandshake, WebSocketException) as exc:
-            return _Ended(ABNORMAL_CLOSURE, str(exc) or type(exc).__name__)
+            return _Ended(_ABNORMAL_CLOSURE, str(exc) or type(exc).__name__)
         if self._closing:
             await self._close_quietly(ws, 1000, "client closed")
             return _Ended(1000, "client closed")
@@ -871,7 +871,7 @@ class Client:
         self._welcomed = False
         self._ended_reason = ""
         loop = asyncio.get_running_loop()
-        code, reason = ABNORMAL_CLOSURE, ""
+        code, reason = _ABNORMAL_CLOSURE, ""
         try:
             try:
                 async with asyncio.timeout(self.open_timeout):
@@ -961,13 +961,20 @@ class Client:
         with contextlib.suppress(Exception):
             await ws.close(code, reason)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        async def run() -> None:
-            await coro
-
-        task = asyncio.get_running_loop().create_task(run())
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # The coroutine itself is the task: a task cancelled before it starts still
+        # closes its coroutine, so nothing is left "never awaited".
+        task = asyncio.get_running_loop().create_task(coro)
         self._helpers.add(task)
-        task.add_done_callback(self._helpers.discard)
+        task.add_done_callback(self._helper_done)
+
+    def _helper_done(self, task: asyncio.Task[None]) -> None:
+        self._helpers.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not isinstance(exc, NotConnected | ClientClosed):
+            _log.error("roomcast client task failed", exc_info=exc)
 
     async def _token_for_connect(self) -> str | None:
         if self._get_token is None:

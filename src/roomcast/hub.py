@@ -793,10 +793,18 @@ class Hub:
         welcome = buffer is not None
         if conn.closed:
             return
-        if room in conn.rooms:
-            if not welcome:
-                self._reply_joined(conn, room, ref, recovered=False)
-            return
+        resync = room in conn.rooms
+        if resync:
+            if last_id is None:  # already live in the room: nothing to replay
+                try:
+                    epoch = (await self.broker.history(room, limit=0)).epoch
+                except BrokerError:
+                    epoch = ""
+                self._reply_joined(conn, room, ref, recovered=False, epoch=epoch)
+                return
+            # A member asking for a replay (it saw an offset gap): catch up again,
+            # as a joiner would, while staying present in the room.
+            self.registry.leave(conn, room)
         # Hold the room's live messages for this connection while it catches up.
         held = buffer if buffer is not None else []
         recovering = self._recovering.setdefault(room, {})
@@ -813,6 +821,8 @@ class Hub:
                 del self._recovering[room]
         if conn.closed:
             self._release(room)
+            if resync:  # it left the registry's rooms above, so detach did not see it
+                await self._after_leave(conn, room, room not in self.registry.rooms)
             return
         # From here to registry.join nothing awaits: no message can slip between.
         if welcome:
@@ -827,6 +837,8 @@ class Hub:
             conn.push(encoded)
         self.registry.join(conn, room)
         self.metrics.rooms.set(len(self.registry.rooms))
+        if resync:
+            return
         came_online = await self.broker.presence.add(
             room, user_id=conn.user_id, conn_id=conn.id, info=conn.info
         )

@@ -298,4 +298,42 @@ describe('reconnection', { skip: NO_WEBSOCKET ?? false }, () => {
     assert.deepEqual(later, []);
     assert.equal(client.state, 'closed');
   });
+
+  it('reconnects at once on reconnect(), recovering with last_id', T, async () => {
+    const server = await startServer();
+    const room = freshRoom('now');
+    const client = open(server.ws, [room], { minDelay: 5000, maxDelay: 5000 });
+    await client.join(room);
+    const seen = await server.publish(room, { text: 'seen' });
+    await eventually(() => client.roomState(room).lastId === seen.id);
+    const first = client.connectionId;
+    const down = next(client, 'state', (s) => s === 'disconnected');
+    const rejoined = next(client, 'joined');
+    client.reconnect();
+    const [, detail] = await down;
+    assert.equal(detail.code, 4000);
+    const [info] = await rejoined;
+    assert.notEqual(client.connectionId, first);
+    assert.deepEqual([info.rejoin, info.recovered, info.lastId], [true, true, seen.id]);
+  });
+
+  it('restores its presence status after reconnecting', T, async () => {
+    const server = await startServer();
+    const proxy = await startProxy(server);
+    const room = freshRoom('away');
+    const alice = open(server.ws, [room]);
+    await alice.join(room);
+    const bob = open(proxy.ws, [room]);
+    await bob.join(room);
+    bob.setPresence('away');
+    const first = bob.userId;
+    proxy.drop();
+    const [msg] = await next(
+      alice,
+      'presence',
+      (m) => m.data.status === 'away' && m.data.user_id !== first && m.data.user_id === bob.userId,
+    );
+    assert.equal(msg.room, room);
+    assert.equal(bob.presence, 'away');
+  });
 });
