@@ -107,6 +107,7 @@ class RedisBroker:
         self._publish_script = self._client.register_script(PUBLISH)
         self._handler: BrokerHandler | None = None
         self._queue: deque[tuple[Message, asyncio.Future[Message]]] = deque()
+        self._sending = 0  # publications of the batch in flight
         self._wake = asyncio.Event()
         self._rooms: set[str] = set()
         self._pubsub: PubSub | None = None
@@ -200,7 +201,7 @@ class RedisBroker:
 
     async def _drain_queue(self, *, within: float) -> None:
         deadline = time.monotonic() + within
-        while self._queue and time.monotonic() < deadline:  # noqa: ASYNC110
+        while (self._queue or self._sending) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
     # -- publishing ---------------------------------------------------------------------------
@@ -219,7 +220,11 @@ class RedisBroker:
             self._wake.clear()
             while queue:
                 batch = [queue.popleft() for _ in range(min(len(queue), _BATCH))]
-                await self._send(batch)
+                self._sending = len(batch)
+                try:
+                    await self._send(batch)
+                finally:
+                    self._sending = 0
 
     async def _send(self, batch: list[tuple[Message, asyncio.Future[Message]]]) -> None:
         size, ttl = self.history_size, self._ttl_seconds

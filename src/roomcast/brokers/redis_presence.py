@@ -74,6 +74,8 @@ class RedisPresence:
         self._rooms_key = f"{prefix}:presence:rooms"
         # This pod's own entries: room -> conn id -> (user id, info JSON).
         self._local: dict[str, dict[str, tuple[str, str]]] = {}
+        # Entries whose removal failed while Redis was unreachable.
+        self._unremoved: set[tuple[str, str]] = set()
         self._add = client.register_script(PRESENCE_ADD)
         self._remove = client.register_script(PRESENCE_REMOVE)
         self._reap = client.register_script(PRESENCE_REAP)
@@ -118,6 +120,9 @@ class RedisPresence:
             gone = await self._remove(keys=self._keys(room), args=[conn_id])
         except (RedisError, OSError) as exc:
             _log.warning("presence remove failed; answering locally", extra={"error": str(exc)})
+            # Remove it at the next heartbeat, so it does not linger until reaped
+            # (and get announced offline a second time).
+            self._unremoved.add((room, conn_id))
             return self._local_users(room, user_id) == 0
         return bool(gone)
 
@@ -192,14 +197,21 @@ class RedisPresence:
             stopped refreshing its connections: the caller announces them.
         """
         expiry = self._expiry_args()
+        unremoved, self._unremoved = self._unremoved, set()
         async with self._client.pipeline(transaction=False) as pipe:
+            for room, conn_id in unremoved:
+                await self._remove(keys=self._keys(room), args=[conn_id], client=pipe)
             for room, conns in self._local.items():
                 args: list[Any] = list(expiry)
                 for conn_id, (user_id, info_json) in conns.items():
                     args += [conn_id, user_id, info_json]
                 pipe.sadd(self._rooms_key, room)
                 await self._add(keys=self._keys(room), args=args, client=pipe)
-            await pipe.execute()
+            try:
+                await pipe.execute()
+            except BaseException:
+                self._unremoved |= unremoved
+                raise
         names = [_text(r) for r in await self._client.smembers(self._rooms_key)]
         now_ms = int(self._clock() * 1000)
         async with self._client.pipeline(transaction=False) as pipe:
