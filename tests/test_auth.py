@@ -42,6 +42,7 @@ from roomcast import (
 from roomcast.config import Settings, load_settings
 from roomcast.hub import Admission, Refusal
 from roomcast.limits import ConnectRateLimiter, MemoryUserConnections
+from roomcast.logs import redact
 from roomcast.origins import OriginPolicy, parse_origin_pattern
 from tests.support import MS
 
@@ -682,3 +683,22 @@ async def test_presence_carries_the_info_claim(hub: Hub) -> None:
     assert [(m.user_id, m.info) for m in members] == [
         ("alice", {"name": "Alice", "avatar": "a.png"})
     ]
+
+
+# -- credentials other than tokens stay out of the logs ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/ws/general?session=abc123&last_id=1", "/ws/general?session=***&last_id=1"),
+        ("/ws?sid=zz&sig=qq&ticket=tt&room=x", "/ws?sid=***&sig=***&ticket=***&room=x"),
+        ("< cookie: theme=dark; sess=XYZ; c=3", "< cookie: ***"),
+        ("> Set-Cookie: id=abc; Path=/; HttpOnly", "> Set-Cookie: ***"),
+        ("[(b'cookie', b'a=1; b=2')]", "[(b'cookie', b'***')]"),
+        ('{"cookie": "a=1; b=2"}', '{"cookie": "***"}'),
+        ("missing cookie header; cookies=3 session_count=2", None),
+    ],
+)
+def test_session_credentials_are_redacted(text: str, expected: str | None) -> None:
+    assert redact(text) == (text if expected is None else expected)

@@ -17,6 +17,8 @@ import hashlib
 import hmac
 import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -516,3 +518,26 @@ async def test_no_secret_reaches_the_logs(
         assert secret not in output, f"a secret reached the logs: {secret[:12]}…"
         assert secret not in metrics
     assert "Traceback" not in output
+
+
+# -- unusable keys ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["short-secret", "not-a-key"])
+def test_unusable_jwt_keys_exit_2_with_one_line(tmp_path: Path, kind: str) -> None:
+    if kind == "short-secret":
+        flags = ["--jwt-secret", "too-short"]
+    else:
+        (tmp_path / "key.pem").write_text("not a key\n")
+        flags = ["--jwt-public-key", str(tmp_path / "key.pem")]
+    done = subprocess.run(
+        [sys.executable, "-m", "roomcast", "serve", "--port", "0", *flags],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("roomcast: error: --jwt-"), done.stderr
+    assert "too-short" not in done.stderr  # a secret is never echoed, even a bad one

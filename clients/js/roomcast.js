@@ -138,6 +138,7 @@ const DEFAULTS = Object.freeze({
   pingInterval: 20000,
   pingTimeout: 10000,
   requestTimeout: 10000,
+  openTimeout: 10000,
   tokenRefreshMargin: 30000,
   gapTimeout: 5000,
   shouldReconnect: null,
@@ -161,6 +162,7 @@ const DEFAULTS = Object.freeze({
  * - `pingInterval` (20000, 0 = off), `pingTimeout` (10000): application ping; no
  *   pong in time means the connection is dead: it is dropped and replaced.
  * - `requestTimeout` (10000): how long join(), leave() and ping() wait for a reply.
+ * - `openTimeout` (10000): how long the handshake and the welcome may take.
  * - `gapTimeout` (5000): how long an in-place gap repair may take before the
  *   client reconnects instead.
  * - `shouldReconnect(code, reason)`: return true/false to override the close-code
@@ -194,7 +196,7 @@ export class RoomcastClient {
   #userId = null;
   #seq = 0;
   #pending = new Map(); // ref -> {kind, room, resolve, reject, timer, sent}
-  #timers = { reconnect: null, ping: null, pong: null, stable: null, refresh: null };
+  #timers = { reconnect: null, open: null, ping: null, pong: null, stable: null, refresh: null };
   #autoPingRef = null;
 
   /**
@@ -383,6 +385,7 @@ export class RoomcastClient {
     }
     this.#ws = ws;
     this.#welcomed = false;
+    this.#timers.open = setTimeout(() => this.#drop('no welcome'), this.#opts.openTimeout);
     ws.onmessage = (ev) => {
       if (this.#ws !== ws) return;
       let msg;
@@ -707,6 +710,8 @@ export class RoomcastClient {
 
   #onWelcome(data) {
     this.#welcomed = true;
+    clearTimeout(this.#timers.open);
+    this.#timers.open = null;
     this.#connectionId = data.connection_id ?? null;
     this.#userId = data.user_id ?? null;
     const connectRoom = this.#connectRoom;
@@ -774,7 +779,6 @@ export class RoomcastClient {
 
   #onLeft(room, data) {
     const ref = data.ref;
-    if (typeof ref === 'string' && ref.startsWith('g')) return; // the first half of a gap repair
     if (typeof ref === 'string') this.#settle(ref, null, undefined);
     const r = this.#rooms.get(room);
     if (r) r.joined = false;
@@ -843,10 +847,10 @@ export class RoomcastClient {
     const repairing = r.lastId !== null && this.#isConnected();
     this.#emit('gap', { room: r.name, expected, got, repairing });
     if (!repairing) return false; // no message id to recover from: the app must resync
-    // Leave and rejoin with the last id seen: the server replays from there, in order.
+    // Join the room again with the last id seen: the server replays from there, in
+    // order, while the client stays a member (no presence change).
     r.repairing = true;
     r.joined = false;
-    this.#sendRaw({ type: 'leave', room: r.name, ref: this.#nextRef('g') });
     const ref = this.#nextRef('g');
     r.joinRef = ref;
     r.sentLastId = r.lastId;
@@ -864,21 +868,23 @@ export class RoomcastClient {
     const ref = this.#nextRef('p');
     this.#autoPingRef = ref;
     this.#sendRaw({ type: 'ping', data: { ref } });
-    this.#timers.pong = setTimeout(() => this.#dead(), this.#opts.pingTimeout);
+    this.#timers.pong = setTimeout(() => this.#drop('ping timeout'), this.#opts.pingTimeout);
   }
 
-  // No pong in time: the connection is dead even if the socket does not know yet.
-  #dead() {
+  // No pong (or no welcome) in time: the connection is dead even if the socket
+  // does not know yet. Give up on it and reconnect as after an abnormal closure.
+  #drop(reason) {
     const ws = this.#ws;
     if (!ws) return;
+    const welcomed = this.#welcomed;
     this.#endSession();
     detach(ws);
     try {
-      ws.close(4000, 'ping timeout');
+      ws.close(4000, reason);
     } catch {
       // already closing
     }
-    this.#afterClose(1006, 'ping timeout', true);
+    this.#afterClose(1006, reason, welcomed);
   }
 
   #scheduleRefresh() {

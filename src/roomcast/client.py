@@ -706,7 +706,8 @@ class Client:
         r.waiters.append(waiter)
         if self._is_connected():
             if r.join_ref is None:
-                await self._send_join(r)
+                with contextlib.suppress(NotConnected):  # then it is joined on reconnecting
+                    await self._send_join(r)
             self._arm(waiter, r)
         try:
             return await waiter.future
@@ -783,9 +784,7 @@ class Client:
                 if action is CloseAction.STOP:
                     self._finish(ClientClosed(ended.code, ended.reason, status=ended.status))
                     return
-                if action is CloseAction.REFRESH or (
-                    not ended.welcomed and ended.status is None and self._get_token is not None
-                ):
+                if action is CloseAction.REFRESH:
                     self._refresh_needed = True
                 attempt = self._attempt
                 ceiling = (
@@ -1226,8 +1225,6 @@ class Client:
 
     def _on_left(self, room: str, data: dict[str, Any]) -> None:
         ref = data.get("ref")
-        if isinstance(ref, str) and ref.startswith("g"):
-            return  # the first half of a gap repair
         if isinstance(ref, str):
             self._resolve(ref, None)
         r = self._rooms.get(room)
@@ -1302,7 +1299,8 @@ class Client:
         _call(self.on_gap, Gap(room=r.name, expected=expected, got=got, repairing=repairing))
         if not repairing:
             return False  # nothing to recover from: the application must resync
-        # Leave and rejoin with the last id seen: the server replays from there, in order.
+        # Join the room again with the last id seen: the server replays from there, in
+        # order, while the client stays a member (no presence change).
         r.repairing = True
         r.joined = False
         last_id = r.last_id
@@ -1310,12 +1308,7 @@ class Client:
         r.join_ref = ref
         r.sent_last_id = last_id
 
-        async def repair() -> None:
-            with contextlib.suppress(NotConnected, ClientClosed):
-                await self._send({"type": "leave", "room": r.name, "ref": self._ref("g")})
-                await self._send({"type": "join", "room": r.name, "ref": ref, "last_id": last_id})
-
-        self._spawn(repair())
+        self._send_soon({"type": "join", "room": r.name, "ref": ref, "last_id": last_id})
 
         def too_slow() -> None:
             if r.repairing and self._rooms.get(r.name) is r and not self._closing:

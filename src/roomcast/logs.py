@@ -58,16 +58,20 @@ _MASK: Final = "***"
 # Query parameters (and key=value pairs) whose value is a credential.
 _SECRET_NAMES: Final = (
     r"(?:access_token|refresh_token|id_token|token|api_key|api-key|apikey|key|jwt"
-    r"|password|passwd|client_secret|secret)"
+    r"|password|passwd|client_secret|secret|session_id|sessionid|session|sid"
+    r"|signature|sig|ticket|credentials|credential)"
 )
 _HEADER_NAMES: Final = r"(?:proxy-authorization|authorization|x-api-key)"
+_COOKIE_NAMES: Final = r"(?:set-cookie|cookie)"
 
 _REDACTIONS: Final = (
     # "token": "abc" (JSON, Python reprs) and (b"authorization", b"Bearer abc") (ASGI headers)
     re.compile(
-        rf"""(["'](?:{_SECRET_NAMES}|{_HEADER_NAMES})["']\s*[:,]\s*b?["'])[^"']+""",
+        rf"""(["'](?:{_SECRET_NAMES}|{_HEADER_NAMES}|{_COOKIE_NAMES})["']\s*[:,]\s*b?["'])[^"']+""",
         re.IGNORECASE,
     ),
+    # Cookie: a=1; b=2 (all of it: any cookie may be a session)
+    re.compile(rf"""(\b{_COOKIE_NAMES}\s*[:=]\s*)[^\r\n"']+""", re.IGNORECASE),
     # Authorization: Bearer abc / X-API-Key: abc (the scheme is kept)
     re.compile(
         rf"""(\b{_HEADER_NAMES}\s*[:=]\s*(?:(?:bearer|basic|digest|token)\s+)?)[^\s"',;]+""",
@@ -88,6 +92,7 @@ _SECRET_KEYS: Final = frozenset(
         "apikey",
         "authorization",
         "client_secret",
+        "cookie",
         "id_token",
         "jwt",
         "jwt_secret",
@@ -95,6 +100,8 @@ _SECRET_KEYS: Final = frozenset(
         "password",
         "refresh_token",
         "secret",
+        "session",
+        "set-cookie",
         "token",
         "x-api-key",
     }
@@ -114,10 +121,12 @@ def redact(text: str) -> str:
 
     Replaced: the values of the query parameters (or ``name=value`` pairs)
     ``token``, ``access_token``, ``api_key``, ``key``, ``jwt``, ``password``,
-    ``secret`` and a few kindred names; the values of ``Authorization`` (after the
-    scheme: ``Bearer ***``) and ``X-API-Key`` headers, written as ``Name: value``,
-    as JSON or as ASGI header pairs; a ``Bearer`` credential; and anything shaped
-    like a JWT (three base64url segments, the first starting with ``eyJ``).
+    ``secret``, ``session``, ``sid``, ``signature``, ``ticket`` and a few kindred
+    names; the values of ``Authorization`` (after the scheme: ``Bearer ***``),
+    ``X-API-Key``, ``Cookie`` and ``Set-Cookie`` headers, written as
+    ``Name: value``, as JSON or as ASGI header pairs; a ``Bearer`` credential; and
+    anything shaped like a JWT (three base64url segments, the first starting with
+    ``eyJ``).
     Everything else is left as it was::
 
         >>> redact("/ws/general?token=eyJh.eyJz.sig&last_id=1")

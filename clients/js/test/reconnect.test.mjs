@@ -154,6 +154,9 @@ describe('reconnection', { skip: NO_WEBSOCKET ?? false }, () => {
     assert.deepEqual(texts(log, room), ['one', 'lost', 'three']);
     assert.equal(client.connectionId, connection, 'repaired in place, without reconnecting');
     assert.equal(lost, 2, 'the replay brought the lost message');
+    // It stayed a member throughout: no offline/online for itself.
+    const own = log.filter((e) => e.event === 'presence' && e.args[0].data.user_id === client.userId);
+    assert.deepEqual(own, []);
     await sleep(200 * MS);
     assert.deepEqual(texts(log, room), ['one', 'lost', 'three'], 'nothing twice');
   });
@@ -335,5 +338,16 @@ describe('reconnection', { skip: NO_WEBSOCKET ?? false }, () => {
     );
     assert.equal(msg.room, room);
     assert.equal(bob.presence, 'away');
+  });
+
+  it('gives up on a handshake that never completes', T, async () => {
+    const server = await startServer();
+    const proxy = await startProxy(server);
+    proxy.stall = true; // TCP connects, the upgrade never gets an answer
+    const client = open(proxy.ws, [freshRoom('stalled')], { openTimeout: 300 * MS });
+    const [, detail] = await next(client, 'state', (s) => s === 'disconnected');
+    assert.deepEqual([detail.code, detail.reason], [1006, 'no welcome']);
+    proxy.stall = false;
+    await reach(client, 'connected');
   });
 });
