@@ -30,10 +30,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
+from roomcast.admission import Admission, Refusal
 from roomcast.auth import ConnectRequest
 from roomcast.connection import Connection
 from roomcast.errors import BrokerError, CloseCode, ErrorCode, ProtocolError
-from roomcast.hub import Admission, HandlerConfig, Hub, Refusal
+from roomcast.hub import HandlerConfig, Hub
 from roomcast.metrics import CONTENT_TYPE_LATEST
 from roomcast.protocol import Encoded, Message, MessageType, validate_room
 
@@ -160,21 +161,21 @@ class WebSocketApp:
             await self._refuse(scope, send, decision)
             return
         accepted = False
-        hub.handshake_started()
+        hub.gate.handshakes += 1
         try:
             message = await receive()
             if message["type"] == "websocket.connect":
                 await send({"type": "websocket.accept"})
                 accepted = True
         finally:
-            hub.handshake_ended()
+            hub.gate.handshakes -= 1
             if not accepted:
                 hub.abandon(decision)
         if accepted:
             await self._serve(scope, receive, send, decision)
 
     async def _refuse(self, scope: Scope, send: Send, refusal: Refusal) -> None:
-        self.hub.refused(refusal, remote=_remote(scope))
+        self.hub.gate.refused(refusal, remote=_remote(scope))
         if "websocket.http.response" in scope.get("extensions", {}):
             body = orjson.dumps({"error": {"code": refusal.status, "message": refusal.message}})
             await send(

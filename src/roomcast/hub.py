@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import inspect
 import logging
 import secrets
@@ -29,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from roomcast.admission import Admission, Gate, Refusal
 from roomcast.auth import Authenticator, ConnectRequest, Identity
 from roomcast.brokers.base import Broker, HistoryPage, PresenceMember
 from roomcast.brokers.memory import MemoryBroker
@@ -46,7 +46,7 @@ from roomcast.errors import (
     HubClosed,
     ProtocolError,
 )
-from roomcast.limits import ConnectRateLimiter, MemoryUserConnections, UserConnections
+from roomcast.limits import UserConnections
 from roomcast.metrics import Metrics
 from roomcast.origins import OriginPolicy
 from roomcast.protocol import (
@@ -117,30 +117,6 @@ class HandlerConfig:
 
 
 EndpointConfig = HandlerConfig
-
-
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """A connection request the hub accepts: the room to join and who is asking.
-
-    End each one with :meth:`Hub.attach` or, if the upgrade fails, :meth:`Hub.abandon`
-    (it may hold a per-user connection slot).
-    """
-
-    room: str | None
-    user_id: str | None = None
-    info: Any = None
-    last_id: str | None = None
-    identity: Identity | None = None
-    slot: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A connection request refused before the upgrade, with its HTTP status."""
-
-    status: int
-    message: str
 
 
 class Hub:
@@ -221,19 +197,18 @@ class Hub:
         self.ping_timeout = ping_timeout
         # Abuse limits
         self.max_rooms_per_connection = max_rooms_per_connection
-        self.max_connections_per_user = max_connections_per_user
-        self.user_connections: UserConnections = (
-            user_connections if user_connections is not None else MemoryUserConnections()
+        self.gate = Gate(
+            self,
+            max_connections_per_user=max_connections_per_user,
+            connect_rate=connect_rate,
+            user_connections=user_connections,
+            clock=clock,
         )
-        self._connect_limiter = ConnectRateLimiter(connect_rate) if connect_rate > 0 else None
-        # Connection -> (user id, slot) it holds under max_connections_per_user.
-        self._user_slots: dict[Connection, tuple[str, str]] = {}
         # Lifecycle
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keepalive: asyncio.Task[None] | None = None
-        self._handshakes = 0
         # Connections being attached (welcome not sent yet) -> messages held for them.
         self._attaching: dict[Connection, list[Encoded]] = {}
         # Room -> connections catching up on it -> messages held for them.
@@ -296,7 +271,7 @@ class Hub:
         self._flusher = Flusher(self._loop)
         self.draining = False
         await self.broker.start(self)
-        await self.user_connections.start()
+        await self.gate.user_connections.start()
         self._keepalive = self._loop.create_task(self._sweep(), name="roomcast-keepalive")
 
     async def close(self, *, code: int = CloseCode.SERVICE_RESTART, grace: float = 5.0) -> None:
@@ -323,7 +298,7 @@ class Hub:
         for task in list(self._tasks):
             task.cancel()
         await self.broker.close()
-        await self.user_connections.close()
+        await self.gate.user_connections.close()
         self._loop = None
         self._flusher = None
 
@@ -397,167 +372,13 @@ class Hub:
     ) -> Admission | Refusal | Awaitable[Admission | Refusal]:
         """Decide, before the upgrade, whether a WebSocket request may connect.
 
-        Checks, cheapest first: the hub serves and has room (503); the client
-        address is under ``connect_rate`` (429); the origin is allowed (403); the
-        route names a valid room (404, 400); the credentials, through the
-        endpoint's authenticator (401, or the status of its
-        :class:`~roomcast.errors.AuthError`); the identity allows the room (403);
-        the user is under ``max_connections_per_user`` (429).
-
-        Args:
-            request: the upgrade request (``request.route`` is ``""`` or ``"/{room}"``).
-            config: the endpoint's configuration.
-
-        Returns:
-            The decision, or an awaitable of it when the authenticator is async
-            or the per-user count needs I/O: await it before reading anything
-            more from the client. An :class:`Admission` must end in
-            :meth:`attach` or, when the upgrade fails, :meth:`abandon`.
+        See :meth:`roomcast.admission.Gate.admit`.
         """
-        config = config or HandlerConfig()
-        if self.draining or self._loop is None:
-            return Refusal(503, "server shutting down")
-        if len(self.registry) + len(self._attaching) + self._handshakes >= self.max_connections:
-            return Refusal(503, "server at capacity")
-        limiter = self._connect_limiter
-        if (
-            limiter is not None
-            and request.client
-            and not limiter.allow(request.client, self._loop.time())
-        ):
-            return Refusal(429, "too many new connections from this address; retry later")
-        if not config.origins.allows(request.origin):
-            return Refusal(403, "origin not allowed")
-        name = request.route.strip("/")
-        room = None
-        if name:
-            if "/" in name:
-                return Refusal(404, "no such endpoint")
-            try:
-                room = validate_room(name)
-            except ProtocolError as exc:
-                return Refusal(400, exc.detail)
-        last_id = request.query.get("last_id") or None
-        authenticator = config.authenticator
-        if authenticator is None:
-            if config.auth_required:
-                return Refusal(401, "authentication required, but no authenticator is set up")
-            return Admission(room=room, last_id=last_id)
-        try:
-            identity = authenticator(request)
-        except AuthError as exc:
-            return Refusal(exc.status, exc.message)
-        except Exception:
-            _log.exception("authenticator failed; refusing the connection")
-            return Refusal(500, "authentication failed")
-        if inspect.isawaitable(identity):
-            return self._admit_later(identity, room, last_id, config)
-        return self._authorize(identity, room, last_id, config)
-
-    async def _admit_later(
-        self,
-        pending: Awaitable[Identity | None],
-        room: str | None,
-        last_id: str | None,
-        config: HandlerConfig,
-    ) -> Admission | Refusal:
-        self._handshakes += 1  # counts against max_connections meanwhile
-        try:
-            try:
-                identity = await pending
-            except AuthError as exc:
-                return Refusal(exc.status, exc.message)
-            except Exception:
-                _log.exception("authenticator failed; refusing the connection")
-                return Refusal(500, "authentication failed")
-            decision = self._authorize(identity, room, last_id, config)
-            if not isinstance(decision, Admission | Refusal):
-                decision = await decision
-        finally:
-            self._handshakes -= 1
-        if self.draining and isinstance(decision, Admission):
-            self.abandon(decision)
-            return Refusal(503, "server shutting down")
-        return decision
-
-    def _authorize(
-        self,
-        identity: Identity | None,
-        room: str | None,
-        last_id: str | None,
-        config: HandlerConfig,
-    ) -> Admission | Refusal | Awaitable[Admission | Refusal]:
-        # What the identity the authenticator returned allows.
-        if identity is None:
-            if config.auth_required:
-                return Refusal(401, "authentication required: send a token")
-            return Admission(room=room, last_id=last_id)
-        if not isinstance(identity, Identity):
-            _log.error("authenticator returned %r, not an Identity or None", type(identity))
-            return Refusal(500, "authentication failed")
-        if identity.expires_at is not None and identity.expires_at <= self.clock():
-            return Refusal(401, "credentials expired")
-        if room is not None and not identity.allows(room):
-            return Refusal(403, f"room {room!r} is not allowed by the token")
-        admission = Admission(
-            room=room,
-            user_id=identity.user_id,
-            info=identity.info,
-            last_id=last_id,
-            identity=identity,
-        )
-        limit = self.max_connections_per_user
-        if not limit:
-            return admission
-        admission = dataclasses.replace(admission, slot=secrets.token_hex(8))
-        taken = self.user_connections.acquire(identity.user_id, admission.slot or "", limit)
-        if inspect.isawaitable(taken):
-            return self._slot_later(taken, admission)
-        return admission if taken else self._too_many(limit)
-
-    async def _slot_later(
-        self, pending: Awaitable[bool], admission: Admission
-    ) -> Admission | Refusal:
-        try:
-            taken = await pending
-        except Exception:
-            _log.exception("per-user connection count failed; refusing the connection")
-            return Refusal(503, "connection count unavailable; retry later")
-        return admission if taken else self._too_many(self.max_connections_per_user)
-
-    @staticmethod
-    def _too_many(limit: int) -> Refusal:
-        return Refusal(429, f"too many connections for this user (at most {limit})")
+        return self.gate.admit(request, config or HandlerConfig())
 
     def abandon(self, admission: Admission) -> None:
         """Release what ``admission`` holds: its upgrade failed, so no :meth:`attach` follows."""
-        if admission.slot is not None and admission.user_id is not None:
-            self._release_slot(admission.user_id, admission.slot)
-
-    def _release_slot(self, user_id: str, slot: str) -> None:
-        done = self.user_connections.release(user_id, slot)
-        if done is None:
-            return
-        if self._loop is not None:
-            self.spawn(done, name="roomcast-release-slot")
-        elif inspect.iscoroutine(done):
-            done.close()
-
-    def handshake_started(self) -> None:
-        """Count a connection between admission and :meth:`attach` (capacity check)."""
-        self._handshakes += 1
-
-    def handshake_ended(self) -> None:
-        """Undo :meth:`handshake_started` (the upgrade finished or failed)."""
-        self._handshakes -= 1
-
-    def refused(self, refusal: Refusal, *, remote: str = "") -> None:
-        """Count (and log at debug level) a refused connection attempt."""
-        self.metrics.rejected.labels(status=str(refusal.status)).inc()
-        _log.debug(
-            "connection refused",
-            extra={"status": refusal.status, "reason": refusal.message, "remote": remote},
-        )
+        self.gate.abandon(admission)
 
     # -- connection lifecycle -----------------------------------------------------------
 
@@ -570,8 +391,7 @@ class Hub:
         are held and delivered after the replay, without duplicates.
         """
         conn.identity = admission.identity
-        if admission.slot is not None and admission.user_id is not None:
-            self._user_slots[conn] = (admission.user_id, admission.slot)
+        self.gate.hold(conn, admission)
         if admission.room is None:
             self._register(conn, recovered=False)
             conn.run_async(self._connected(conn))
@@ -618,9 +438,7 @@ class Hub:
             return
         conn.closed = True
         conn.pending = None
-        slot = self._user_slots.pop(conn, None)
-        if slot is not None:
-            self._release_slot(*slot)
+        self.gate.release(conn)
         if self.registry.connections.get(conn.id) is not conn:
             return
         left = self.registry.remove(conn)
@@ -1089,6 +907,11 @@ class Hub:
         """Connections on this pod."""
         return len(self.registry)
 
+    @property
+    def attaching(self) -> int:
+        """Connections accepted whose welcome is not sent yet."""
+        return len(self._attaching)
+
     # -- keepalive --------------------------------------------------------------------------
 
     async def _sweep(self) -> None:
@@ -1107,9 +930,7 @@ class Hub:
                 except Exception:
                     _log.exception("keepalive failed", extra={"conn_id": conn.id})
                     conn.abort()
-            limiter = self._connect_limiter
-            if limiter is not None and len(limiter) > 1024:
-                limiter.prune(now)
+            self.gate.prune(now)
 
     def _expire(self, conn: Connection) -> None:
         # The credentials ran out and were not refreshed: 4001.

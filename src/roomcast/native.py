@@ -26,10 +26,11 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
+from roomcast.admission import Admission, Refusal
 from roomcast.auth import ConnectRequest
 from roomcast.connection import Connection
 from roomcast.errors import CloseCode, ErrorCode, ProtocolError
-from roomcast.hub import Admission, HandlerConfig, Hub, Refusal
+from roomcast.hub import HandlerConfig, Hub
 
 __all__ = ["NativeConnection", "NativeWebSocketProtocol", "protocol_class"]
 
@@ -280,7 +281,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         hub.attach(conn, decision)
 
     def refuse(self, refusal: Refusal) -> None:
-        self.hub.refused(refusal, remote=self.remote)
+        self.hub.gate.refused(refusal, remote=self.remote)
         response = self.ws.reject(refusal.status, refusal.message + "\n")
         self.ws.send_response(response)
         self.write_protocol_data()
