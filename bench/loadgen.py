@@ -430,13 +430,19 @@ async def closed_loop(
 
 
 async def scenario_fanout(args: argparse.Namespace) -> dict[str, Any]:
-    url = f"{args.url}/ws/{args.room}"
+    # --url may list several servers (comma-separated): subscribers are spread over
+    # them round-robin and the publisher uses the first (the multi-pod scenario).
+    urls = [f"{base}/ws/{args.room}" for base in args.url.split(",")]
     subs = make_subscribers(args.subscribers, args.sample_every)
     pub = Publisher([args.room], args.inflight)
-    result = await closed_loop(
-        args, subs, [url] * len(subs), [pub], [url], args.subscribers, join=False
-    )
-    return {"subscribers": args.subscribers, "inflight": args.inflight, **result}
+    sub_urls = [urls[i % len(urls)] for i in range(len(subs))]
+    result = await closed_loop(args, subs, sub_urls, [pub], [urls[0]], args.subscribers, join=False)
+    return {
+        "subscribers": args.subscribers,
+        "inflight": args.inflight,
+        "servers": len(urls),
+        **result,
+    }
 
 
 async def scenario_rooms(args: argparse.Namespace) -> dict[str, Any]:
@@ -603,7 +609,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="roomcast benchmark load generator (picows, uvloop, one process)."
     )
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
-    parser.add_argument("--url", default="ws://127.0.0.1:8765", help="server base URL")
+    parser.add_argument(
+        "--url",
+        default="ws://127.0.0.1:8765",
+        help="server base URL (fanout: several, comma-separated, to spread subscribers)",
+    )
     parser.add_argument("--subscribers", type=int, default=1000, help="fanout/rate/ceiling")
     parser.add_argument("--inflight", type=int, default=16, help="messages in flight/publisher")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")

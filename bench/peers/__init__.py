@@ -1,1 +1,0 @@
-"""Reference servers that speak the benchmark wire protocol (see bench/README.md)."""
