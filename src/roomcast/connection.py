@@ -84,6 +84,17 @@ class Flusher:
             self._scheduled = True
             self._loop.call_soon(self._run)
 
+    @property
+    def dirty(self) -> list[Connection]:
+        """Connections to flush at the next run; append, then call :meth:`schedule`."""
+        return self._dirty
+
+    def schedule(self) -> None:
+        """Make sure the flusher runs at the next iteration."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
     def _run(self) -> None:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []

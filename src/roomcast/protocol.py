@@ -62,6 +62,8 @@ class PresenceStatus(enum.StrEnum):
     OFFLINE = "offline"
 
 
+_TYPES: Final = {t.value: t for t in MessageType}
+
 CLIENT_TYPES: Final = frozenset(
     {
         MessageType.CHAT,
@@ -230,7 +232,7 @@ def _text_frame(payload: bytes) -> bytes:
     return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class ClientMessage:
     """A validated message received from a client.
 
@@ -280,12 +282,11 @@ def parse(raw: bytes | str) -> ClientMessage:
     type_name = obj.get("type")
     if not isinstance(type_name, str):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message needs a string 'type'", ref=ref)
-    try:
-        type_ = MessageType(type_name)
-    except ValueError:
+    type_ = _TYPES.get(type_name)
+    if type_ is None:
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE, f"unknown message type {type_name[:40]!r}", ref=ref
-        ) from None
+        )
     if type_ not in CLIENT_TYPES:
         raise ProtocolError(
             ErrorCode.FORBIDDEN_TYPE,

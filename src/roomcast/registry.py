@@ -81,7 +81,8 @@ class Registry:
         This is :meth:`Connection.push` inlined: the same bytes object is appended
         to each pending list, and nothing is written until the flusher runs.
         """
-        mark = flusher.mark
+        dirty = flusher.dirty
+        marked = len(dirty)
         n = 0
         for conn in conns:
             pending = conn.pending
@@ -90,8 +91,10 @@ class Registry:
             pending.append(encoded)
             size = len(pending)
             if size == 1:
-                mark(conn)
+                dirty.append(conn)
             elif size >= conn.limit:
                 conn.overflow()
             n += 1
+        if len(dirty) != marked:
+            flusher.schedule()
         return n

@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 
 from roomcast.auth import JwtAuthenticator
 from roomcast.config import Settings
@@ -79,11 +79,22 @@ class _Server(uvicorn.Server):
 
 
 def build_app(hub: Hub, settings: Settings, config: HandlerConfig | None = None) -> Starlette:
-    """Return the standalone server's ASGI app: ``/ws``, ``/ws/{room}`` and the HTTP API."""
+    """Return the standalone server's ASGI app: ``/ws``, ``/ws/{room}`` and the HTTP API.
+
+    With ``settings.demo`` it also serves the console and the demo routes
+    (:mod:`roomcast.demo`); pass settings prepared by
+    :func:`~roomcast.demo.demo_settings` then, as :func:`run` does.
+    """
     handler = config or handler_config(settings)
+    demo: list[BaseRoute] = []
+    if settings.demo:
+        from roomcast.demo import demo_routes
+
+        demo = demo_routes(hub, settings)
     return Starlette(
         routes=[
             *hub.websocket_routes(handler),
+            *demo,
             Mount("/", app=hub.api_app(api_key=settings.api_key, insecure=settings.api_insecure)),
         ],
         lifespan=hub.lifespan,
@@ -117,6 +128,10 @@ def uvicorn_config(hub: Hub, settings: Settings, config: HandlerConfig | None = 
 def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit code."""
     configure_logging(fmt=settings.log_format, level=settings.log_level)
+    if settings.demo:
+        from roomcast.demo import demo_settings
+
+        settings = demo_settings(settings)
     hub = build_hub(settings)
     handler = handler_config(settings)
     server = _Server(uvicorn_config(hub, settings, handler))
