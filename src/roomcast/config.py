@@ -564,7 +564,7 @@ class Settings:
     )
     demo: bool = field(
         default=False,
-        metadata=_switch("serve the built-in demo page", group="server"),
+        metadata=_switch("serve the browser console at / and mint demo tokens (development only)", group="server"),
     )
     shutdown_timeout: float = field(
         default=10.0,
