@@ -564,7 +564,9 @@ class Settings:
     )
     demo: bool = field(
         default=False,
-        metadata=_switch("serve the browser console at / and mint demo tokens (development only)", group="server"),
+        metadata=_switch(
+            "serve the browser console at / and mint demo tokens (development only)", group="server"
+        ),
     )
     shutdown_timeout: float = field(
         default=10.0,
