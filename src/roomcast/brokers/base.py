@@ -30,6 +30,7 @@ __all__ = [
     "PresenceMember",
     "PresenceStore",
     "RoomStats",
+    "page_of",
 ]
 
 
@@ -72,6 +73,26 @@ class HistoryPage:
     offset: int
     messages: list[Encoded] = field(default_factory=list)
     recovered: bool = False
+
+
+def page_of(
+    entries: list[Encoded], *, since: str | None, limit: int | None
+) -> tuple[list[Encoded], bool]:
+    """Select from a room's retained ``entries`` (oldest first) what a history read asks.
+
+    Returns:
+        ``(messages, recovered)``: with ``since``, the first ``limit`` messages after
+        it and whether it was found; without, the newest ``limit`` messages.
+    """
+    if since is None:
+        if limit is None:
+            return entries, False
+        return (entries[-limit:] if limit > 0 else []), False
+    for index, entry in enumerate(entries):
+        if entry.message is not None and entry.message.id == since:
+            after = entries[index + 1 :]
+            return (after[:limit] if limit is not None else after), True
+    return [], False
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from roomcast.brokers.base import (
     PresenceMember,
     PresenceStore,
     RoomStats,
+    page_of,
 )
 from roomcast.errors import HubClosed
 from roomcast.protocol import Encoded, Message, PresenceStatus, encode
@@ -120,20 +121,7 @@ class MemoryBroker:
         stream = self._open(room) if self._history_size else None
         if stream is None:
             return HistoryPage(room=room, epoch="", offset=0, messages=[], recovered=False)
-        entries = list(stream.entries)
-        recovered = False
-        if since is not None:
-            for index, entry in enumerate(entries):
-                if entry.message is not None and entry.message.id == since:
-                    entries = entries[index + 1 :]
-                    recovered = True
-                    break
-            else:
-                entries = []
-            if limit is not None:
-                entries = entries[:limit]
-        elif limit is not None:
-            entries = entries[-limit:] if limit > 0 else []
+        entries, recovered = page_of(list(stream.entries), since=since, limit=limit)
         return HistoryPage(
             room=room,
             epoch=stream.epoch,

@@ -42,7 +42,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from roomcast.brokers.base import BrokerHandler, HistoryPage, PresenceStore
+from roomcast.brokers.base import BrokerHandler, HistoryPage, PresenceStore, page_of
 from roomcast.brokers.redis_presence import RedisPresence
 from roomcast.brokers.redis_scripts import PUBLISH
 from roomcast.errors import BrokerUnavailable, ProtocolError
@@ -453,20 +453,8 @@ class RedisBroker:
             # Nothing published in this epoch yet: stream entries can only be left
             # from an earlier history whose meta was lost alone (e.g. evicted).
             entries = []
-        messages = [_entry(fields) for _, fields in entries]
-        recovered = False
-        if since is not None:
-            for index, encoded in enumerate(messages):
-                if encoded.message is not None and encoded.message.id == since:
-                    messages = messages[index + 1 :]
-                    recovered = True
-                    break
-            else:
-                messages = []
-            if limit is not None:
-                messages = messages[:limit]
-        elif limit is not None:
-            messages = messages[-limit:] if limit > 0 else []
+        retained = [_entry(fields) for _, fields in entries]
+        messages, recovered = page_of(retained, since=since, limit=limit)
         return HistoryPage(
             room=room,
             epoch=epoch_raw.decode() if epoch_raw else "",
