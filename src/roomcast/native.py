@@ -24,7 +24,13 @@ from urllib.parse import unquote, urlsplit
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
+from websockets.protocol import State
 from websockets.server import ServerProtocol
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - the C extension is missing on this platform
+    from websockets.utils import apply_mask
 
 from roomcast.admission import Admission, Refusal
 from roomcast.auth import ConnectRequest
@@ -179,8 +185,54 @@ class NativeWebSocketProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Parse frames and hand complete text messages to the connection."""
         ws = self.ws
+        if (
+            self.conn is not None
+            and self.held is None
+            and ws.state is State.OPEN
+            and ws.current_size is None
+            and not ws.reader.buffer
+        ):
+            data = self.text_frames(data)
+            if not data:
+                return
         ws.receive_data(data)
         self.dispatch(ws.events_received())
+
+    def text_frames(self, data: bytes) -> bytes:
+        """Handle the plain text frames at the front of ``data``; return the rest.
+
+        The fast path for what clients send almost always: complete, unfragmented,
+        masked text frames with a payload under 64 KiB and no reserved bits. Only
+        called while the sans-I/O parser sits at a frame boundary with nothing
+        buffered, so everything else — control frames, fragments, protocol errors,
+        frames split across reads — goes on to it from the first frame that is not
+        plain, and it enforces the protocol there.
+        """
+        limit = self.hub.max_message_bytes
+        size = len(data)
+        i = 0
+        while size - i >= 6 and data[i] == 0x81:  # FIN, no RSV bits, opcode text
+            second = data[i + 1]
+            if second < 0x80:  # unmasked: a protocol error for the parser to report
+                break
+            length = second & 0x7F
+            start = i + 6
+            if length == 126:
+                if size - i < 8:
+                    break
+                length = (data[i + 2] << 8) | data[i + 3]
+                start = i + 8
+            elif length == 127:
+                break
+            end = start + length
+            if end > size or length > limit:
+                break
+            payload = apply_mask(data[start:end], data[start - 4 : start])
+            i = end
+            self.message_received(payload, True)
+            if self.close_sent:
+                break
+        return data[i:] if i else data
 
     def dispatch(self, events: Iterable[Any]) -> None:
         ws = self.ws
@@ -385,6 +437,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         out = self.ws.data_to_send()
         if not out:
             return
+        conn = self.conn
+        if conn is not None and conn.pending and self.ws.state is not State.OPEN:
+            conn.flush()  # what was queued before the close frame goes out before it
         data = b"".join(out)
         if data and not self.transport.is_closing():
             self.transport.write(data)

@@ -1,0 +1,131 @@
+"""The native front end's frame handling at read boundaries, over a real socket.
+
+Plain text frames take a fast path; everything else goes to the sans-I/O parser.
+These tests mix the two inside one read and split frames across reads, and check
+every message still arrives once, in order, and that protocol errors still close
+the connection with the right code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.support import MS, RawWebSocket, ServerProcess, close_code, mask_frame
+
+Raw = Callable[..., Awaitable[RawWebSocket]]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    proc = ServerProcess("--rate", "0", "--max-message-bytes", "70000")
+    try:
+        yield proc.wait_ready()
+    finally:
+        proc.cleanup()
+
+
+def chat(i: int, pad: int = 0) -> bytes:
+    text = orjson.dumps({"type": "chat", "data": {"i": i, "pad": "x" * pad}})
+    return mask_frame(0x1, text)
+
+
+def fragmented(i: int) -> bytes:
+    # A text message in two fragments: first frame FIN=0 opcode text, then FIN=1 CONT.
+    text = orjson.dumps({"type": "chat", "data": {"i": i, "pad": ""}})
+    first, second = mask_frame(0x1, text[:10]), mask_frame(0x0, text[10:])
+    return bytes((first[0] & 0x7F,)) + first[1:] + second
+
+
+async def chats(raw: RawWebSocket, count: int) -> list[int]:
+    seen: list[int] = []
+    while len(seen) < count:
+        msg: dict[str, Any] = await raw.read_message(3000 * MS)
+        if msg["type"] == "chat":
+            seen.append(msg["data"]["i"])
+    return seen
+
+
+async def connect(raw_client: Raw, server: ServerProcess, room: str) -> RawWebSocket:
+    raw = await raw_client(server.port, f"/ws/{room}")
+    assert raw.status == 101
+    assert (await raw.read_message())["data"]["event"] == "welcome"
+    return raw
+
+
+async def test_mixed_frames_in_one_read_arrive_in_order(
+    raw_client: Raw, server: ServerProcess
+) -> None:
+    raw = await connect(raw_client, server, "fast-mixed")
+    ping = mask_frame(0x9, b"hi")
+    blob = chat(0) + chat(1, pad=300) + ping + chat(2) + fragmented(3) + chat(4, pad=70)
+    await asyncio.get_running_loop().sock_sendall(raw.sock, blob)
+    assert await chats(raw, 5) == [0, 1, 2, 3, 4]
+
+
+async def test_frames_split_across_reads(raw_client: Raw, server: ServerProcess) -> None:
+    raw = await connect(raw_client, server, "fast-split")
+    blob = b"".join(chat(i, pad=200 if i % 2 else 0) for i in range(12))
+    loop = asyncio.get_running_loop()
+    # Cut the stream at awkward places: inside headers, masks and payloads.
+    cuts = [1, 3, 7, 150, 151, 400, 777, len(blob) - 5]
+    start = 0
+    for cut in [*cuts, len(blob)]:
+        await loop.sock_sendall(raw.sock, blob[start:cut])
+        await asyncio.sleep(10 * MS)
+        start = cut
+    assert await chats(raw, 12) == list(range(12))
+
+
+async def test_long_and_extended_length_frames(raw_client: Raw, server: ServerProcess) -> None:
+    raw = await connect(raw_client, server, "fast-long")
+    # 125/126-byte boundary and a 64-bit length (beyond the fast path) in one read.
+    blob = chat(0, pad=95) + chat(1, pad=96) + chat(2, pad=66000) + chat(3)
+    await asyncio.get_running_loop().sock_sendall(raw.sock, blob)
+    assert await chats(raw, 4) == [0, 1, 2, 3]
+
+
+async def test_unmasked_frame_after_plain_ones_is_a_protocol_error(
+    raw_client: Raw, server: ServerProcess
+) -> None:
+    raw = await connect(raw_client, server, "fast-unmasked")
+    text = orjson.dumps({"type": "chat", "data": {"i": 9}})
+    unmasked = bytes((0x81, len(text))) + text
+    await asyncio.get_running_loop().sock_sendall(raw.sock, chat(0) + unmasked)
+    frames = await raw.read_until_close(3000 * MS)
+    delivered = [orjson.loads(p)["data"]["i"] for op, p in frames if op == 0x1 and b'"chat"' in p]
+    assert delivered == [0]
+    assert close_code(frames[-1][1]) == 1002
+
+
+async def test_invalid_utf8_in_a_plain_frame_closes_1007(
+    raw_client: Raw, server: ServerProcess
+) -> None:
+    raw = await connect(raw_client, server, "fast-utf8")
+    await asyncio.get_running_loop().sock_sendall(
+        raw.sock, chat(0) + mask_frame(0x1, b'{"type":"chat","data":"\xff"}') + chat(1)
+    )
+    frames = await raw.read_until_close(3000 * MS)
+    delivered = [orjson.loads(p)["data"]["i"] for op, p in frames if op == 0x1 and b'"chat"' in p]
+    assert delivered == [0]
+    assert close_code(frames[-1][1]) == 1007
+
+
+async def test_text_frame_inside_a_fragmented_message_is_a_protocol_error(
+    raw_client: Raw, server: ServerProcess
+) -> None:
+    raw = await connect(raw_client, server, "fast-fragment")
+    text = orjson.dumps({"type": "chat", "data": {"i": 1}})
+    first = mask_frame(0x1, text[:10])
+    opening = bytes((first[0] & 0x7F,)) + first[1:]  # FIN=0: a message begins
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(raw.sock, opening)
+    await asyncio.sleep(50 * MS)  # the parser now expects a continuation frame
+    await loop.sock_sendall(raw.sock, chat(2))
+    frames = await raw.read_until_close(3000 * MS)
+    assert not [p for op, p in frames if op == 0x1 and b'"chat"' in p]
+    assert close_code(frames[-1][1]) == 1002
