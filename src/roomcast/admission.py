@@ -13,7 +13,10 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from roomcast.auth import ConnectRequest, Identity
 from roomcast.errors import AuthError, ProtocolError
@@ -52,6 +55,14 @@ class Refusal:
 
     status: int
     message: str
+
+    def body(self) -> bytes:
+        """The response body both front ends send: ``{"error": {"code", "message"}}``."""
+        try:
+            code = HTTPStatus(self.status).phrase.lower().replace(" ", "_").replace("-", "_")
+        except ValueError:
+            code = "refused"
+        return orjson.dumps({"error": {"code": code, "message": self.message}})
 
 
 class Gate:

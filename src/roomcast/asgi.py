@@ -177,7 +177,7 @@ class WebSocketApp:
     async def _refuse(self, scope: Scope, send: Send, refusal: Refusal) -> None:
         self.hub.gate.refused(refusal, remote=_remote(scope))
         if "websocket.http.response" in scope.get("extensions", {}):
-            body = orjson.dumps({"error": {"code": refusal.status, "message": refusal.message}})
+            body = refusal.body()
             await send(
                 {
                     "type": "websocket.http.response.start",

@@ -334,7 +334,13 @@ class NativeWebSocketProtocol(asyncio.Protocol):
 
     def refuse(self, refusal: Refusal) -> None:
         self.hub.gate.refused(refusal, remote=self.remote)
-        response = self.ws.reject(refusal.status, refusal.message + "\n")
+        response = self.ws.reject(refusal.status, "")
+        body = refusal.body()
+        for name in ("Content-Type", "Content-Length"):
+            del response.headers[name]
+        response.headers["Content-Type"] = "application/json"
+        response.headers["Content-Length"] = str(len(body))
+        response.body = body
         self.ws.send_response(response)
         self.write_protocol_data()
         self.close_sent = True
