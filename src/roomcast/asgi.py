@@ -59,8 +59,6 @@ class AsgiConnection(Connection):
 
     __slots__ = ("asgi_send", "busy", "closing", "tail", "wake", "writer")
 
-    kind = "asgi"
-
     def __init__(self, asgi_send: Send, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.asgi_send = asgi_send

@@ -32,7 +32,7 @@ from roomcast.protocol import Encoded, Message, PresenceStatus
 
 if TYPE_CHECKING:
     from roomcast.auth import Identity
-    from roomcast.hub import EndpointConfig, Hub
+    from roomcast.hub import HandlerConfig, Hub
 
 __all__ = ["Connection", "Flusher", "TokenBucket"]
 
@@ -143,12 +143,10 @@ class Connection:
         "worker",
     )
 
-    kind = "connection"
-
     def __init__(
         self,
         hub: Hub,
-        config: EndpointConfig,
+        config: HandlerConfig,
         *,
         user_id: str | None = None,
         info: Any = None,

@@ -116,9 +116,6 @@ class HandlerConfig:
         object.__setattr__(self, "origins", OriginPolicy(self.allowed_origins))
 
 
-EndpointConfig = HandlerConfig
-
-
 class Hub:
     """Rooms of WebSocket connections, broadcast, presence; one per pod.
 

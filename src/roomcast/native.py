@@ -51,8 +51,6 @@ class NativeConnection(Connection):
 
     __slots__ = ("ping_at", "ping_payload", "proto")
 
-    kind = "native"
-
     def __init__(self, proto: NativeWebSocketProtocol, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.proto = proto

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import orjson
 import uuid_utils
@@ -87,7 +87,7 @@ MAX_ROOM_LENGTH: Final = 128
 _ROOM_RE: Final = re.compile(r"[A-Za-z0-9_\-.:@]{1,128}")
 
 
-def is_valid_room(name: object) -> bool:
+def is_valid_room(name: object) -> TypeGuard[str]:
     """Tell whether ``name`` is a valid room name (1-128 of ``A-Za-z0-9_-.:@``)."""
     return isinstance(name, str) and _ROOM_RE.fullmatch(name) is not None
 
@@ -98,7 +98,7 @@ def validate_room(name: object, *, ref: str | None = None) -> str:
     Raises:
         ProtocolError: with :attr:`ErrorCode.INVALID_ROOM` otherwise.
     """
-    if isinstance(name, str) and _ROOM_RE.fullmatch(name) is not None:
+    if is_valid_room(name):
         return name
     shown = name[:40] + "…" if isinstance(name, str) and len(name) > 40 else name
     raise ProtocolError(
