@@ -198,6 +198,21 @@ class Encoded:
         """Encode ``message``."""
         return cls(encode(message), message)
 
+    @classmethod
+    def stored(cls, payload: bytes) -> Encoded:
+        """Rebuild an encoded message from a payload a broker kept (history replay).
+
+        Raises:
+            ProtocolError: ``payload`` is not a server message.
+        """
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"not a message: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "not a message: not a JSON object")
+        return cls(payload, Message.from_dict(obj))
+
     @property
     def frame(self) -> bytes:
         """The payload as one unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2)."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 
 from roomcast.brokers.base import Broker
@@ -74,7 +76,7 @@ async def test_publication_is_handed_back_within_the_call() -> None:
         await broker.close()
 
 
-async def test_history_shares_the_encoded_publication() -> None:
+async def test_history_keeps_the_published_bytes() -> None:
     recorder = Recorder()
     broker = MemoryBroker()
     await broker.start(recorder)
@@ -85,7 +87,26 @@ async def test_history_shares_the_encoded_publication() -> None:
         page = await broker.history("r")
         assert len(page.messages) == 3
         for stored, handed in zip(page.messages, recorder.publications, strict=True):
-            assert stored is handed
+            assert stored.payload is handed.payload  # encoded once, kept as is
+            assert stored.message == handed.message
+    finally:
+        await broker.close()
+
+
+async def test_history_adds_nothing_to_the_cyclic_collector() -> None:
+    # A full history must not make every full collection walk it: once the
+    # collector has looked at them, retained entries are no longer tracked.
+    broker = MemoryBroker(history_size=50)
+    await broker.start(Recorder())
+    try:
+        factory = MessageFactory()
+        for i in range(80):
+            broker.publish(factory.make(MessageType.CHAT, room="r", data={"n": i, "list": [i]}))
+        gc.collect()
+        entries = list(broker._streams["r"].entries)
+        assert len(entries) == 50
+        assert not any(gc.is_tracked(entry) for entry in entries)
+        assert [orjson.loads(payload)["data"]["n"] for _, payload in entries] == list(range(30, 80))
     finally:
         await broker.close()
 

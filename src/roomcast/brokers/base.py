@@ -18,8 +18,9 @@ Call order: :meth:`Broker.start` once, then any other method, then
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from roomcast.protocol import Encoded, Message, PresenceStatus
 
@@ -75,22 +76,33 @@ class HistoryPage:
     recovered: bool = False
 
 
+_Entry = TypeVar("_Entry")
+
+
 def page_of(
-    entries: list[Encoded], *, since: str | None, limit: int | None
-) -> tuple[list[Encoded], bool]:
+    entries: Sequence[_Entry],
+    *,
+    since: str | None,
+    limit: int | None,
+    id_of: Callable[[_Entry], str],
+) -> tuple[list[_Entry], bool]:
     """Select from a room's retained ``entries`` (oldest first) what a history read asks.
 
+    Args:
+        id_of: the message id of an entry.
+
     Returns:
-        ``(messages, recovered)``: with ``since``, the first ``limit`` messages after
-        it and whether it was found; without, the newest ``limit`` messages.
+        ``(entries, recovered)``: with ``since``, the first ``limit`` entries after
+        the one whose id it is, and whether it was found; without, the newest
+        ``limit`` entries.
     """
     if since is None:
         if limit is None:
-            return entries, False
-        return (entries[-limit:] if limit > 0 else []), False
+            return list(entries), False
+        return (list(entries[-limit:]) if limit > 0 else []), False
     for index, entry in enumerate(entries):
-        if entry.message is not None and entry.message.id == since:
-            after = entries[index + 1 :]
+        if id_of(entry) == since:
+            after = list(entries[index + 1 :])
             return (after[:limit] if limit is not None else after), True
     return [], False
 

@@ -453,8 +453,9 @@ class RedisBroker:
             # Nothing published in this epoch yet: stream entries can only be left
             # from an earlier history whose meta was lost alone (e.g. evicted).
             entries = []
-        retained = [_entry(fields) for _, fields in entries]
-        messages, recovered = page_of(retained, since=since, limit=limit)
+        retained = [fields for _, fields in entries]
+        selected, recovered = page_of(retained, since=since, limit=limit, id_of=_entry_id)
+        messages = [Encoded.stored(fields[b"p"]) for fields in selected]
         return HistoryPage(
             room=room,
             epoch=epoch_raw.decode() if epoch_raw else "",
@@ -464,6 +465,5 @@ class RedisBroker:
         )
 
 
-def _entry(fields: dict[bytes, bytes]) -> Encoded:
-    payload = fields[b"p"]
-    return Encoded(payload, Message.from_dict(orjson.loads(payload)))
+def _entry_id(fields: dict[bytes, bytes]) -> str:
+    return fields[b"i"].decode()
