@@ -99,7 +99,7 @@ class Flusher:
         self._scheduled = False
         dirty, self._dirty = self._dirty, []
         for conn in dirty:
-            if conn.pending:
+            if conn.pending:  # not closed or flushed meanwhile
                 try:
                     conn.flush()
                 except Exception:  # one broken transport must not stop the others

@@ -479,8 +479,7 @@ class Hub:
         next frame (see :meth:`Connection.receive`).
         """
         self.metrics.messages_received.inc()
-        now = self.loop.time()
-        if not conn.bucket.take(now):
+        if self.rate and not conn.bucket.take(now := self.loop.time()):
             self.metrics.rate_limited.inc()
             abuse = conn.abuse
             if abuse is not None and not abuse.take(now):

@@ -49,11 +49,12 @@ CLOSE_TIMEOUT = 5.0
 class NativeConnection(Connection):
     """A connection that writes its frames straight to an asyncio transport."""
 
-    __slots__ = ("ping_at", "ping_payload", "proto")
+    __slots__ = ("ping_at", "ping_payload", "proto", "transport")
 
     def __init__(self, proto: NativeWebSocketProtocol, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.proto = proto
+        self.transport = proto.transport
         self.ping_payload: bytes | None = None
         self.ping_at = self.hub.loop.time() + self.hub.ping_interval
 
@@ -68,7 +69,7 @@ class NativeConnection(Connection):
             return
         data = pending[0].frame if len(pending) == 1 else b"".join([e.frame for e in pending])
         pending.clear()
-        self.proto.transport.write(data)
+        self.transport.write(data)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Flush, send a close frame, forget the connection, and close after the handshake."""
@@ -76,7 +77,7 @@ class NativeConnection(Connection):
 
     def abort(self) -> None:
         """Drop the TCP connection now."""
-        self.proto.transport.abort()
+        self.transport.abort()
 
     def keepalive(self, now: float) -> None:
         """Ping every ``ping_interval``; fail the connection after ``ping_timeout``."""

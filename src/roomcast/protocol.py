@@ -136,7 +136,8 @@ class Message:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the wire form as a dict (``from_`` spelled ``from``; unset fields left out)."""
-        out: dict[str, Any] = {"id": self.id, "type": self.type.value}
+        # MessageType is a str: orjson writes it as its value.
+        out: dict[str, Any] = {"id": self.id, "type": self.type}
         if self.room is not None:
             out["room"] = self.room
         if self.from_ is not None:
@@ -179,18 +180,21 @@ def encode(message: Message) -> bytes:
 class Encoded:
     """One encoded message, shared by every connection it is sent to.
 
-    The JSON payload is produced once; the WebSocket frame (for connections that
-    write to their transport directly) and the ``str`` form (for ASGI servers,
-    whose ``websocket.send`` takes text) are each built on first use and cached,
-    so a fan-out to N members builds each representation at most once.
+    The JSON payload is produced once, and so is the WebSocket frame that
+    connections writing to their transport directly send (a 2 to 10 byte header
+    in front of the payload, built with it: nearly every message goes to such a
+    connection). The ``str`` form, for ASGI servers whose ``websocket.send``
+    takes text, is built on first use and cached. A fan-out to N members thus
+    builds each representation at most once.
     """
 
-    __slots__ = ("_frame", "_text", "message", "payload")
+    __slots__ = ("_text", "frame", "message", "payload")
 
     def __init__(self, payload: bytes, message: Message | None = None) -> None:
         self.payload = payload
         self.message = message
-        self._frame: bytes | None = None
+        self.frame: bytes = _text_frame(payload)
+        """The payload as one unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2)."""
         self._text: str | None = None
 
     @classmethod
@@ -214,14 +218,6 @@ class Encoded:
         return cls(payload, Message.from_dict(obj))
 
     @property
-    def frame(self) -> bytes:
-        """The payload as one unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2)."""
-        frame = self._frame
-        if frame is None:
-            frame = self._frame = _text_frame(self.payload)
-        return frame
-
-    @property
     def text(self) -> str:
         """The payload decoded as ``str``."""
         text = self._text
@@ -236,15 +232,18 @@ class Encoded:
         return f"Encoded({self.payload[:60]!r}{'…' if len(self.payload) > 60 else ''})"
 
 
+_SHORT_HEADERS: Final = tuple(bytes((0x81, n)) for n in range(126))
+
+
 def _text_frame(payload: bytes) -> bytes:
     # Server-to-client frames are never masked, so a frame is a fixed header in
     # front of the payload: FIN + opcode 0x1, then the 7/16/64-bit length.
     n = len(payload)
     if n < 126:
-        return bytes((0x81, n)) + payload
+        return _SHORT_HEADERS[n] + payload
     if n < 65536:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 @dataclass(slots=True)
@@ -311,7 +310,8 @@ def parse(raw: bytes | str) -> ClientMessage:
 
     room = obj.get("room")
     if room is not None:
-        room = validate_room(room, ref=ref)
+        if not (isinstance(room, str) and _ROOM_RE.fullmatch(room)):
+            validate_room(room, ref=ref)  # raises invalid_room
     elif type_ in (MessageType.JOIN, MessageType.LEAVE):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{type_.value} needs a 'room'", ref=ref)
 
@@ -398,8 +398,18 @@ class MessageFactory:
         data: Any = None,
         sender: str | None = None,
     ) -> Message:
-        """Build and stamp a new message."""
-        return self.stamp(Message(type=type_, room=room, data=data), sender=sender)
+        """Build and stamp a new message (what :meth:`stamp` does, on the hot path)."""
+        now = self._clock()
+        stamp = self._last_stamp if int(now * 1000) == self._last_ms else self.timestamp(now)
+        return Message(
+            type=type_,
+            room=room,
+            data=data,
+            id=self._id_factory(),
+            from_=sender,
+            timestamp=stamp,
+            created=now,
+        )
 
     def system(
         self, event: str, data: dict[str, Any] | None = None, *, room: str | None = None

@@ -17,8 +17,7 @@ Call order: :meth:`Broker.start` once, then any other method, then
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -192,7 +191,7 @@ class Broker(Protocol):
         """Whether the broker is reachable right now (drives ``/readyz``)."""
         ...
 
-    def publish(self, message: Message) -> asyncio.Future[Message]:
+    def publish(self, message: Message) -> Awaitable[Message]:
         """Publish a stamped message to its room (or to everyone when ``room`` is None).
 
         Retained messages (:attr:`Message.retained`) are appended to the room's
@@ -200,9 +199,10 @@ class Broker(Protocol):
         handed back in the order they were published. Never raises.
 
         Returns:
-            A future resolved with the message as stored (``offset`` set when
-            retained), or, if publishing failed, with the message unchanged after
-            :meth:`BrokerHandler.handle_publish_error` was called.
+            An awaitable (the caller need not await it) that gives the message as
+            stored (``offset`` set when retained), or, if publishing failed, the
+            message unchanged after :meth:`BrokerHandler.handle_publish_error` was
+            called.
         """
         ...
 

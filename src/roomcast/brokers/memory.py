@@ -12,7 +12,7 @@ import contextlib
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from operator import itemgetter
 from typing import Any
 
@@ -25,7 +25,7 @@ from roomcast.brokers.base import (
     page_of,
 )
 from roomcast.errors import HubClosed
-from roomcast.protocol import Encoded, Message, PresenceStatus, encode
+from roomcast.protocol import RETAINED_TYPES, Encoded, Message, PresenceStatus, encode
 
 __all__ = ["MemoryBroker", "MemoryPresence"]
 
@@ -47,6 +47,23 @@ class _Stream:
         self.offset = 0
         self.entries: deque[tuple[str, bytes]] = deque(maxlen=size)
         self.touched = now
+
+
+class _Published:
+    """A publication that is already done: awaiting it returns the message at once.
+
+    Cheaper than a resolved :class:`asyncio.Future`, and the hub's own publishers
+    never await it.
+    """
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+
+    def __await__(self) -> Generator[Any, None, Message]:
+        return self.message
+        yield  # a generator that never suspends
 
 
 class MemoryBroker:
@@ -96,13 +113,16 @@ class MemoryBroker:
             self._sweeper = None
         self._streams.clear()
 
-    def publish(self, message: Message) -> asyncio.Future[Message]:
-        """Append ``message`` to its room's history if retained, then hand it back."""
+    def publish(self, message: Message) -> Awaitable[Message]:
+        """Append ``message`` to its room's history if retained, then hand it back.
+
+        Both happen within the call; the returned awaitable is already done.
+        """
         handler = self._handler
         if handler is None:
             raise HubClosed("the broker is not started")
         room = message.room
-        if room is not None and message.retained and self._history_size:
+        if room is not None and self._history_size and message.type in RETAINED_TYPES:
             stream = self._open(room, now := self._clock())
             stream.touched = now
             stream.offset += 1
@@ -112,9 +132,7 @@ class MemoryBroker:
         else:
             payload = encode(message)
         handler.handle_publication(Encoded(payload, message))
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        future.set_result(message)
-        return future
+        return _Published(message)
 
     async def subscribe(self, room: str) -> None:
         """Nothing to do: every publication is handed back in-process."""
@@ -143,7 +161,7 @@ class MemoryBroker:
     def _open(self, room: str, now: float) -> _Stream:
         # The room's live stream; an expired one is replaced by a new epoch.
         stream = self._streams.get(room)
-        if stream is None or self._expired(stream, now):
+        if stream is None or now - stream.touched > self._history_ttl:
             stream = self._streams[room] = _Stream(self._history_size, now)
         return stream
 
