@@ -129,3 +129,20 @@ async def test_text_frame_inside_a_fragmented_message_is_a_protocol_error(
     frames = await raw.read_until_close(3000 * MS)
     assert not [p for op, p in frames if op == 0x1 and b'"chat"' in p]
     assert close_code(frames[-1][1]) == 1002
+
+
+async def test_read_ending_right_after_a_frame_header(
+    raw_client: Raw, server: ServerProcess
+) -> None:
+    # The parser has consumed a header and waits for the mask with nothing
+    # buffered: the next read starts mid-frame, even when its first bytes look
+    # like a plain frame (here a mask of 81 84 ...), and must not be taken for one.
+    raw = await connect(raw_client, server, "fast-header-cut")
+    text = orjson.dumps({"type": "chat", "data": {"i": 7, "pad": ""}})
+    mask = bytes((0x81, 0x84, 0x10, 0x20))
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(raw.sock, bytes((0x81, 0x80 | len(text))))
+    await asyncio.sleep(50 * MS)
+    await loop.sock_sendall(raw.sock, mask + body + chat(8))
+    assert await chats(raw, 2) == [7, 8]

@@ -24,8 +24,9 @@ from urllib.parse import unquote, urlsplit
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import State
+from websockets.protocol import SERVER, Protocol, State
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 try:
     from websockets.speedups import apply_mask
@@ -44,6 +45,23 @@ _log = logging.getLogger("roomcast.native")
 
 CLOSE_TIMEOUT = 5.0
 """Seconds to wait for the client's close frame (or to drain to a slow client)."""
+
+_WAITING = StreamReader.at_eof.__code__
+
+
+def _between_frames(ws: Protocol) -> bool:
+    """Whether ``ws``'s parser waits for the first byte of a frame, nothing buffered.
+
+    Its reader's buffer alone does not tell: the parser takes a frame's header
+    out of the buffer before the rest has arrived. Between frames the parser
+    sits in :meth:`StreamReader.at_eof`, and that is what is checked.
+    """
+    if ws.reader.buffer or ws.current_size is not None:
+        return False
+    gen: Any = ws.parser
+    while gen.gi_yieldfrom is not None:
+        gen = gen.gi_yieldfrom
+    return gen.gi_code is _WAITING
 
 
 class NativeConnection(Connection):
@@ -116,6 +134,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         "fragments",
         "held",
         "paused",
+        "plain",
         "remote",
         "server_connections",
         "transport",
@@ -136,7 +155,10 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.server_connections: set[Any] | None = (
             server_state.connections if server_state is not None else None
         )
-        self.ws = ServerProtocol(max_size=self.hub.max_message_bytes, logger=_log)
+        # The handshake's protocol; a frames-only one replaces it once open.
+        self.ws: Protocol = ServerProtocol(max_size=self.hub.max_message_bytes, logger=_log)
+        # True while the parser is between frames: plain text frames may skip it.
+        self.plain = False
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.conn: NativeConnection | None = None
         self.paused = False
@@ -183,17 +205,11 @@ class NativeWebSocketProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse frames and hand complete text messages to the connection."""
-        ws = self.ws
-        if (
-            self.conn is not None
-            and self.held is None
-            and ws.state is State.OPEN
-            and ws.current_size is None
-            and not ws.reader.buffer
-        ):
+        if self.plain:
             data = self.text_frames(data)
             if not data:
                 return
+        ws = self.ws
         ws.receive_data(data)
         self.dispatch(ws.events_received())
 
@@ -207,6 +223,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         frames split across reads — goes on to it from the first frame that is not
         plain, and it enforces the protocol there.
         """
+        # Precondition: self.plain (the parser is between frames).
         limit = self.hub.max_message_bytes
         size = len(data)
         i = 0
@@ -248,6 +265,18 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         if ws.parser_exc is not None and not self.close_sent:
             # The parser failed the connection (1002, 1007, 1009): close frame is out.
             self.after_close_sent()
+        self.plain = (
+            self.conn is not None
+            and self.held is None
+            and not self.close_sent
+            and ws.state is State.OPEN
+            and _between_frames(ws)
+        )
+        if self.plain and type(ws) is ServerProtocol:
+            # Open, and nothing half-parsed: go on with a protocol that knows only
+            # frames, so the upgrade request (which the handshake's parser keeps
+            # referring to) is freed. Its pending output went out above.
+            self.ws = Protocol(SERVER, max_size=self.hub.max_message_bytes, logger=_log)
 
     def eof_received(self) -> bool | None:
         """The client half-closed: let the transport close."""
@@ -305,16 +334,22 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         if self.close_sent:
             return
         self.transport.resume_reading()
-        if held:
-            self.dispatch(held)
+        self.dispatch(held)  # also when empty: it picks the parser for what comes next
+
+    def opening(self) -> ServerProtocol:
+        """The handshake's protocol (replaced by a frames-only one once open)."""
+        ws = self.ws
+        assert isinstance(ws, ServerProtocol)
+        return ws
 
     def decided(self, request: Request, decision: Admission | Refusal) -> None:
         if isinstance(decision, Refusal):
             self.refuse(decision)
             return
         hub = self.hub
-        response = self.ws.accept(request)
-        self.ws.send_response(response)
+        opening = self.opening()
+        response = opening.accept(request)
+        opening.send_response(response)
         self.write_protocol_data()
         if response.status_code != 101:
             hub.abandon(decision)
@@ -333,14 +368,15 @@ class NativeWebSocketProtocol(asyncio.Protocol):
 
     def refuse(self, refusal: Refusal) -> None:
         self.hub.gate.refused(refusal, remote=self.remote)
-        response = self.ws.reject(refusal.status, "")
+        opening = self.opening()
+        response = opening.reject(refusal.status, "")
         body = refusal.body()
         for name in ("Content-Type", "Content-Length"):
             del response.headers[name]
         response.headers["Content-Type"] = "application/json"
         response.headers["Content-Length"] = str(len(body))
         response.body = body
-        self.ws.send_response(response)
+        opening.send_response(response)
         self.write_protocol_data()
         self.close_sent = True
         self.transport.close()
@@ -410,6 +446,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
 
     def after_close_sent(self) -> None:
         self.close_sent = True
+        self.plain = False
         conn = self.conn
         if conn is not None:
             self.hub.detach(conn)
@@ -424,6 +461,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         # The protocol queued its echo of the client's close frame (if we had not
         # sent ours already); once both are exchanged the server closes the TCP.
         self.write_protocol_data()
+        self.plain = False
         if not self.close_sent:
             self.close_sent = True
             conn = self.conn
