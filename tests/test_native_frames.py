@@ -146,3 +146,77 @@ async def test_read_ending_right_after_a_frame_header(
     await asyncio.sleep(50 * MS)
     await loop.sock_sendall(raw.sock, mask + body + chat(8))
     assert await chats(raw, 2) == [7, 8]
+
+
+class _Transport(asyncio.Transport):
+    """An in-memory transport: records what the protocol writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def test_parser_state_decides_the_fast_path() -> None:
+    # Once open, the handshake's parser is swapped for a frames-only one and plain
+    # frames skip it; while a frame is half-read they must not.
+    from websockets.protocol import Protocol
+    from websockets.server import ServerProtocol
+
+    from roomcast.hub import Hub
+    from roomcast.native import protocol_class
+
+    hub = Hub(rate=0)
+    await hub.start()
+    try:
+        proto = protocol_class(hub)()
+        transport = _Transport()
+        proto.connection_made(transport)
+        assert isinstance(proto.ws, ServerProtocol)
+        assert not proto.plain
+        proto.data_received(
+            b"GET /ws/fast-state HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert transport.written[0].startswith(b"HTTP/1.1 101")
+        assert type(proto.ws) is Protocol
+        assert proto.plain
+        for _ in range(100):  # the join completes in a few loop iterations
+            if "fast-state" in hub.registry.rooms:
+                break
+            await asyncio.sleep(MS)
+        frame = chat(1)
+        proto.data_received(frame[:2])  # the header alone: the parser is mid-frame
+        assert not proto.plain
+        proto.data_received(frame[2:])
+        assert proto.plain
+        await asyncio.sleep(0)
+        proto.data_received(chat(2))  # fast path
+        await asyncio.sleep(10 * MS)
+        sent = b"".join(transport.written)
+        assert sent.count(b'"chat"') == 2
+        assert sent.index(b'"i":1') < sent.index(b'"i":2')
+    finally:
+        await hub.close()
