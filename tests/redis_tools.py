@@ -1,8 +1,9 @@
 """Helpers for the Redis scale-out tests (broker, cluster and failure drills).
 
 - :func:`unique_prefix`, :func:`pod_flags`: a key prefix per test, flags of a test pod.
-- :class:`RecordingConnection`, :func:`attach`: hub connections without sockets, for
-  tests that run several hubs ("pods") in one process.
+- :func:`attach`: a hub connection without a socket
+  (:class:`~tests.recording.RecordingConnection`), for tests that run several hubs
+  ("pods") in one process.
 - :class:`DeafProxy`: a TCP proxy that can stop forwarding what Redis sends on the
   connections it holds, without closing them (a deaf, half-open subscriber).
 """
@@ -16,10 +17,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-import orjson
-
-from roomcast.connection import Connection
-from roomcast.hub import Admission, HandlerConfig, Hub
+from roomcast.hub import Admission, Hub
+from tests.recording import RecordingConnection
 
 
 def unique_prefix() -> str:
@@ -37,46 +36,6 @@ def pod_flags(url: str, prefix: str, *extra: str) -> tuple[str, ...]:
         "--rate", "0",
         *extra,
     )  # fmt: skip
-
-
-# -- a connection that records what the hub sends it ----------------------------------
-
-
-class RecordingConnection(Connection):
-    """A hub connection whose transport is a list of decoded messages (no sockets)."""
-
-    def __init__(self, hub: Hub, *, user_id: str | None = None) -> None:
-        super().__init__(hub, HandlerConfig(), user_id=user_id)
-        self.received: list[dict[str, Any]] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def flush(self) -> None:
-        pending = self.pending
-        if pending:
-            self.received.extend(orjson.loads(e.payload) for e in pending)
-            pending.clear()
-
-    def close(self, code: int = 1000, reason: str = "") -> None:
-        if not self.closed:
-            self.flush()
-            self.hub.detach(self)
-
-    def abort(self) -> None:
-        self.hub.detach(self)
-
-    def events(self) -> list[str]:
-        """``data.event`` of every system message received, in order."""
-        return [m["data"].get("event") for m in self.received if m["type"] == "system"]
-
-    def presence(self) -> list[tuple[str, str]]:
-        """``(user_id, status)`` of every presence message received, in order."""
-        return [
-            (m["data"]["user_id"], m["data"]["status"])
-            for m in self.received
-            if m["type"] == "presence"
-        ]
 
 
 def attach(hub: Hub, room: str | None, *, user_id: str | None = None) -> RecordingConnection:

@@ -32,7 +32,6 @@ from roomcast import (
     AuthError,
     CloseCode,
     ConfigError,
-    Connection,
     ConnectRequest,
     HandlerConfig,
     Hub,
@@ -44,6 +43,7 @@ from roomcast.hub import Admission, Refusal
 from roomcast.limits import ConnectRateLimiter, MemoryUserConnections
 from roomcast.logs import redact
 from roomcast.origins import OriginPolicy, parse_origin_pattern
+from tests.recording import RecordingConnection
 from tests.support import MS
 
 SECRET = "unit-test-secret-" + "0123456789abcdef" * 2
@@ -440,36 +440,6 @@ def test_memory_user_connections() -> None:
 # -- the hub --------------------------------------------------------------------------------------
 
 
-class Recording(Connection):
-    """A hub connection whose transport is a list of decoded messages."""
-
-    def __init__(self, hub: Hub, config: HandlerConfig, **kwargs: Any) -> None:
-        super().__init__(hub, config, **kwargs)
-        self.received: list[dict[str, Any]] = []
-        self.close_codes: list[int] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def flush(self) -> None:
-        pending = self.pending
-        if pending:
-            self.received.extend(orjson.loads(e.payload) for e in pending)
-            pending.clear()
-
-    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        self.close_codes.append(code)
-        if not self.closed:
-            self.flush()
-            self.hub.detach(self)
-
-    def abort(self) -> None:
-        self.hub.detach(self)
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [m for m in self.received if m["type"] == kind]
-
-
 async def until(check: Callable[[], object], within: float = WAIT) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
@@ -487,11 +457,11 @@ async def decide(hub: Hub, request: ConnectRequest, config: HandlerConfig) -> Ad
 
 async def connect(
     hub: Hub, config: HandlerConfig, route: str = "", token: str | None = None
-) -> Recording:
+) -> RecordingConnection:
     request = ConnectRequest(route=route, query={"token": token} if token else {})
     admission = await decide(hub, request, config)
     assert isinstance(admission, Admission), admission
-    conn = Recording(hub, config, user_id=admission.user_id, info=admission.info)
+    conn = RecordingConnection(hub, config, user_id=admission.user_id, info=admission.info)
     hub.attach(conn, admission)
     await until(lambda: conn.received)
     return conn
@@ -501,7 +471,7 @@ def frame(obj: dict[str, Any]) -> str:
     return orjson.dumps(obj).decode()
 
 
-async def send(conn: Recording, obj: dict[str, Any]) -> None:
+async def send(conn: RecordingConnection, obj: dict[str, Any]) -> None:
     conn.receive(frame(obj))
     await asyncio.sleep(5 * MS)
 

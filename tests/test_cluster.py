@@ -24,7 +24,8 @@ from websockets.asyncio.client import ClientConnection
 
 from roomcast.brokers.redis import RedisBroker
 from roomcast.hub import Hub
-from tests.redis_tools import RecordingConnection, attach, pod_flags, unique_prefix
+from tests.recording import RecordingConnection
+from tests.redis_tools import attach, pod_flags, unique_prefix
 from tests.support import (
     MS,
     ServerProcess,

@@ -1,9 +1,8 @@
 """The hub's server behaviour (SPEC §3, §4, §8), without sockets.
 
 The hub does no network I/O: front ends feed it frames and it queues encoded
-messages on connections. :class:`RecordingConnection` stands in for the
-transport: its ``flush`` decodes what the hub queued, its ``close`` records the
-close code and tells the hub the transport is gone.
+messages on connections. :class:`~tests.recording.RecordingConnection` stands
+in for the transport.
 """
 
 from __future__ import annotations
@@ -14,13 +13,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import orjson
 import pytest
 
 from roomcast.connection import Connection
 from roomcast.errors import CloseCode, ErrorCode, ProtocolError
 from roomcast.hub import Admission, HandlerConfig, Hub
 from roomcast.protocol import Message, MessageType, PresenceStatus
+from tests.recording import RecordingConnection
 from tests.support import MS
 
 SETTLE = 5 * MS
@@ -28,65 +27,6 @@ SETTLE = 5 * MS
 
 WAIT = 2000 * MS
 """Upper bound for anything that should happen soon."""
-
-
-class RecordingConnection(Connection):
-    """A connection whose transport is a list of decoded messages."""
-
-    def __init__(
-        self, hub: Hub, config: HandlerConfig, *, writable: bool = True, **kwargs: Any
-    ) -> None:
-        super().__init__(hub, config, **kwargs)
-        self.can_write = writable
-        self.received: list[dict[str, Any]] = []
-        self.flushes = 0
-        self.close_codes: list[int] = []
-        self.aborted = False
-
-    def writable(self) -> bool:
-        return self.can_write
-
-    def flush(self) -> None:
-        pending = self.pending
-        if not pending or not self.can_write:
-            return
-        self.flushes += 1
-        self.received.extend(orjson.loads(e.payload) for e in pending)
-        pending.clear()
-
-    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        self.close_codes.append(code)
-        if self.closed:
-            return
-        self.flush()
-        self.hub.detach(self)
-
-    def abort(self) -> None:
-        self.aborted = True
-        self.hub.detach(self)
-
-    # -- test helpers --------------------------------------------------------------
-
-    def send_json(self, **obj: Any) -> None:
-        self.receive(orjson.dumps(obj).decode())
-
-    def say(self, text: str, *, room: str | None = None, **extra: Any) -> None:
-        obj: dict[str, Any] = {"type": "chat", "data": {"text": text}, **extra}
-        if room is not None:
-            obj["room"] = room
-        self.send_json(**obj)
-
-    def of_type(self, type_: str) -> list[dict[str, Any]]:
-        return [m for m in self.received if m["type"] == type_]
-
-    def texts(self) -> list[str]:
-        return [m["data"]["text"] for m in self.of_type("chat")]
-
-    def errors(self) -> list[dict[str, Any]]:
-        return [m["data"] for m in self.of_type("error")]
-
-    def presence(self) -> list[tuple[str, str]]:
-        return [(m["data"]["user_id"], m["data"]["status"]) for m in self.of_type("presence")]
 
 
 async def settle() -> None:
