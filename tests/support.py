@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import orjson
@@ -42,24 +42,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ServerProcess:
-    """One `roomcast serve` child process, stopped by its PID at teardown."""
+class ChildServer:
+    """A server child process on ``port`` of 127.0.0.1, logging to ``log``, stopped by its PID.
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.args = ["serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
-            prefix="roomcast-test-", suffix=".log", delete=False
-        )
+    It does not see the test's ``ROOMCAST_*`` or ``REDIS_URL`` variables; ``env``
+    adds to its environment.
+    """
+
+    def __init__(
+        self, argv: list[str], port: int, log: IO[bytes], env: dict[str, str] | None = None
+    ) -> None:
+        self.port = port
+        self.log = log
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
         full_env.pop("REDIS_URL", None)
         full_env.update(env or {})
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roomcast", *self.args],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-        )
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env)
         self.returncode: int | None = None
 
     @property
@@ -73,20 +71,6 @@ class ServerProcess:
     @property
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
-
-    def wait_ready(self, timeout: float = 15000 * MS) -> ServerProcess:
-        """Wait until /healthz answers; fail with the server's output if it exits."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(self.http + "/healthz", timeout=0.5).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"server did not become ready:\n{self.output()}")
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
@@ -107,6 +91,32 @@ class ServerProcess:
         self.returncode = self.proc.returncode
         self.log.close()
         return self.returncode
+
+
+class ServerProcess(ChildServer):
+    """One `roomcast serve` child process, stopped by its PID at teardown."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        port = free_port()
+        self.args = ["serve", "--host", "127.0.0.1", "--port", str(port), *args]
+        log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in stop()
+            prefix="roomcast-test-", suffix=".log", delete=False
+        )
+        super().__init__([sys.executable, "-m", "roomcast", *self.args], port, log, env)
+
+    def wait_ready(self, timeout: float = 15000 * MS) -> ServerProcess:
+        """Wait until /healthz answers; fail with the server's output if it exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.http + "/healthz", timeout=0.5).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"server did not become ready:\n{self.output()}")
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -25,7 +24,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
-from tests.support import MS, dumps, free_port, recv, recv_type, recv_until, ws_connect
+from tests.support import MS, ChildServer, dumps, free_port, recv, recv_type, recv_until, ws_connect
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -33,35 +32,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CLEAN_EXITS = (0, -signal.SIGTERM)
 
 
-class Example:
+class Example(ChildServer):
     """One example server process, logging to a file, stopped by its PID."""
 
     def __init__(self, name: str, log: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
-        self.port = free_port()
-        self.log_path = log
-        self.log = log.open("wb")
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
-        full_env.pop("REDIS_URL", None)
-        full_env.update(env or {})
-        self.proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / f"{name}.py"), "--port", str(self.port)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-        )
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")
+        port = free_port()
+        argv = [sys.executable, str(EXAMPLES / f"{name}.py"), "--port", str(port)]
+        super().__init__(argv, port, log.open("wb"), env)
 
     def wait_ready(self, timeout: float = 15000 * MS) -> Example:
         """Wait until the port accepts connections (uvicorn binds after its lifespan startup)."""
@@ -78,20 +56,6 @@ class Example:
                 return self
             time.sleep(0.05)
         raise TimeoutError(f"{self.name} did not start listening:\n{self.output()}")
-
-    def stop(self, timeout: float = 10000 * MS) -> int:
-        """SIGTERM, wait, then SIGKILL if needed; return the exit code."""
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout)
-        self.log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture
