@@ -179,9 +179,16 @@ async def recv_type(
 
 
 async def assert_silent(
-    ws: ClientConnection, duration: float = 300 * MS, type_: str | None = None
+    ws: ClientConnection,
+    duration: float = 300 * MS,
+    type_: str | None = None,
+    *,
+    where: Callable[[dict[str, Any]], bool] | None = None,
 ) -> None:
-    """Assert no message (of ``type_``, if given) arrives within ``duration``."""
+    """Assert no message arrives within ``duration``.
+
+    Only messages of ``type_``, or only those ``where`` holds for, count when given.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + duration
     while (left := deadline - loop.time()) > 0:
@@ -189,7 +196,10 @@ async def assert_silent(
             msg = await recv(ws, left)
         except TimeoutError:
             return
-        assert type_ is not None and msg.get("type") != type_, f"unexpected message: {msg}"
+        if where is not None:
+            assert not where(msg), f"unexpected message: {msg}"
+        else:
+            assert type_ is not None and msg.get("type") != type_, f"unexpected message: {msg}"
 
 
 async def closed_with(ws: ClientConnection, timeout: float = RECV_TIMEOUT) -> int | None:

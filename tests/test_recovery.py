@@ -104,14 +104,7 @@ async def retained(ws: ClientConnection, n: int, within: float = 5000 * MS) -> l
 
 async def no_more_retained(ws: ClientConnection, duration: float = 300 * MS) -> None:
     """Assert no message with an offset arrives within ``duration``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + duration
-    while (left := deadline - loop.time()) > 0:
-        try:
-            msg = await recv(ws, left)
-        except TimeoutError:
-            return
-        assert "offset" not in msg, f"unexpected retained message: {msg}"
+    await assert_silent(ws, duration, where=lambda msg: "offset" in msg)
 
 
 async def say(ws: ClientConnection, **data: Any) -> None:
