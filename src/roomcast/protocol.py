@@ -398,16 +398,15 @@ class MessageFactory:
         data: Any = None,
         sender: str | None = None,
     ) -> Message:
-        """Build and stamp a new message (what :meth:`stamp` does, on the hot path)."""
+        """Build a new message with its server-assigned fields (as :meth:`stamp` sets them)."""
         now = self._clock()
-        stamp = self._last_stamp if int(now * 1000) == self._last_ms else self.timestamp(now)
         return Message(
             type=type_,
             room=room,
             data=data,
             id=self._id_factory(),
             from_=sender,
-            timestamp=stamp,
+            timestamp=self.timestamp(now),
             created=now,
         )
 

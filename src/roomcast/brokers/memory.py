@@ -161,7 +161,7 @@ class MemoryBroker:
     def _open(self, room: str, now: float) -> _Stream:
         # The room's live stream; an expired one is replaced by a new epoch.
         stream = self._streams.get(room)
-        if stream is None or now - stream.touched > self._history_ttl:
+        if stream is None or self._expired(stream, now):
             stream = self._streams[room] = _Stream(self._history_size, now)
         return stream
 
