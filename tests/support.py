@@ -301,16 +301,7 @@ class RawWebSocket:
         self = cls(sock)
         try:
             await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), timeout)
-            key = base64.b64encode(os.urandom(16)).decode()
-            request = (
-                f"GET {path} HTTP/1.1\r\n"
-                f"Host: 127.0.0.1:{port}\r\n"
-                "Upgrade: websocket\r\n"
-                "Connection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            )
-            await loop.sock_sendall(sock, request.encode())
+            await loop.sock_sendall(sock, upgrade_request(path, f"127.0.0.1:{port}"))
             while b"\r\n\r\n" not in self.buffer:
                 chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), timeout)
                 if not chunk:
@@ -402,6 +393,19 @@ class RawWebSocket:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def upgrade_request(path: str, host: str = "127.0.0.1") -> bytes:
+    """A WebSocket opening handshake request for ``path`` (RFC 6455 §4.1)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\n"
+        f"Host: {host}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
 
 
 def mask_frame(opcode: int, payload: bytes) -> bytes:

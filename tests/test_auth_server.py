@@ -15,7 +15,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import os
 import socket
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from tests.support import (
     recv_type,
     recv_until,
     running_server,
+    upgrade_request,
     ws_connect,
 )
 
@@ -389,12 +389,7 @@ async def test_native_admission_holds_frames_sent_behind_the_request() -> None:
         client_end.setblocking(False)
         transport, _ = await loop.connect_accepted_socket(protocol_class(hub, config), server_end)
         try:
-            key = base64.b64encode(os.urandom(16)).decode()
-            request = (
-                f"GET /ws/r2?session={SESSION} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
+            request = upgrade_request(f"/ws/r2?session={SESSION}")
             ping = mask_frame(0x1, dumps({"type": "ping", "data": {"early": True}}).encode())
             await loop.sock_sendall(client_end, request + ping)
             raw = RawWebSocket(client_end)

@@ -15,7 +15,14 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support import MS, RawWebSocket, ServerProcess, close_code, mask_frame
+from tests.support import (
+    MS,
+    RawWebSocket,
+    ServerProcess,
+    close_code,
+    mask_frame,
+    upgrade_request,
+)
 
 Raw = Callable[..., Awaitable[RawWebSocket]]
 
@@ -195,11 +202,7 @@ async def test_parser_state_decides_the_fast_path() -> None:
         proto.connection_made(transport)
         assert isinstance(proto.ws, ServerProtocol)
         assert not proto.plain
-        proto.data_received(
-            b"GET /ws/fast-state HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            b"Sec-WebSocket-Version: 13\r\n\r\n"
-        )
+        proto.data_received(upgrade_request("/ws/fast-state"))
         assert transport.written[0].startswith(b"HTTP/1.1 101")
         assert type(proto.ws) is Protocol
         assert proto.plain
