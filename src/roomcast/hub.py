@@ -840,9 +840,36 @@ class Hub:
         )
         self.handle_publication(Encoded.of(message))
 
+    def handle_publish_unknown(self, message: Message, exc: BaseException) -> None:
+        """Count and log a publication whose outcome is unknown (not delivered locally)."""
+        self.metrics.redis_publish_errors.inc()
+        self.metrics.redis_publish_unknown.inc()
+        _log.warning(
+            "broker publish outcome unknown; not delivered locally (Redis may have)",
+            extra={"room": message.room, "error": str(exc)},
+        )
+
     def handle_reconnect(self) -> None:
         """Count a broker subscriber reconnection."""
         self.metrics.redis_reconnects.inc()
+
+    def handle_subscriber_lost(self) -> None:
+        """Count a broker subscriber connection lost or replaced."""
+        self.metrics.redis_subscriber_drops.inc()
+
+    def handle_repair(self, room: str, *, repaired: int, lost: int) -> None:
+        """Count a gap in ``room``'s feed that the broker filled from history."""
+        self.metrics.gap_repairs.inc()
+        self.metrics.gap_repaired_messages.inc(repaired)
+        self.metrics.gap_lost_messages.inc(lost)
+        _log.info(
+            "filled a gap in a room's feed from its history",
+            extra={"room": room, "repaired": repaired, "lost": lost},
+        )
+
+    def handle_duplicates(self, count: int) -> None:
+        """Count publications the broker dropped as copies of ones already delivered."""
+        self.metrics.duplicates_dropped.inc(count)
 
     def handle_presence_expired(self, room: str, user_id: str) -> None:
         """Announce that a user of a vanished pod went offline in ``room``."""

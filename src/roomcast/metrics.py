@@ -105,11 +105,41 @@ class Metrics:
         )
         self.redis_publish_errors = Counter(
             "realtime_redis_publish_errors",
-            "Publishes the broker could not carry out (delivered locally instead).",
+            "Publishes the broker could not carry out (delivered locally when known unsent).",
             registry=r,
         )
         self.redis_reconnects = Counter(
             "realtime_redis_reconnects", "Broker subscriber reconnections.", registry=r
+        )
+        self.redis_publish_unknown = Counter(
+            "realtime_redis_publish_unknown",
+            "Publishes whose outcome stayed unknown (no reply; not delivered locally).",
+            registry=r,
+        )
+        self.redis_subscriber_drops = Counter(
+            "realtime_redis_subscriber_drops",
+            "Broker subscriber connections lost (dropped by Redis, network, deaf).",
+            registry=r,
+        )
+        self.gap_repairs = Counter(
+            "realtime_gap_repairs",
+            "Gaps in a room's feed filled from its history by this pod.",
+            registry=r,
+        )
+        self.gap_repaired_messages = Counter(
+            "realtime_gap_repaired_messages",
+            "Messages a pod had missed and delivered from history.",
+            registry=r,
+        )
+        self.gap_lost_messages = Counter(
+            "realtime_gap_lost_messages",
+            "Messages a pod had missed that were no longer in the history.",
+            registry=r,
+        )
+        self.duplicates_dropped = Counter(
+            "realtime_duplicates_dropped",
+            "Publications dropped because their offset was already delivered.",
+            registry=r,
         )
         self.slow_consumers = Counter(
             "realtime_slow_consumer_disconnects",

@@ -47,7 +47,11 @@ class Recorder:
     def __init__(self) -> None:
         self.publications: list[Encoded] = []
         self.errors: list[tuple[Message, BaseException]] = []
+        self.unknown: list[tuple[Message, BaseException]] = []
         self.reconnects = 0
+        self.subscriber_drops = 0
+        self.repairs: list[tuple[str, int, int]] = []
+        self.duplicates = 0
         self.expired: list[tuple[str, str]] = []
 
     def handle_publication(self, encoded: Encoded) -> None:
@@ -56,8 +60,20 @@ class Recorder:
     def handle_publish_error(self, message: Message, exc: BaseException) -> None:
         self.errors.append((message, exc))
 
+    def handle_publish_unknown(self, message: Message, exc: BaseException) -> None:
+        self.unknown.append((message, exc))
+
     def handle_reconnect(self) -> None:
         self.reconnects += 1
+
+    def handle_subscriber_lost(self) -> None:
+        self.subscriber_drops += 1
+
+    def handle_repair(self, room: str, *, repaired: int, lost: int) -> None:
+        self.repairs.append((room, repaired, lost))
+
+    def handle_duplicates(self, count: int) -> None:
+        self.duplicates += count
 
     def handle_presence_expired(self, room: str, user_id: str) -> None:
         self.expired.append((room, user_id))

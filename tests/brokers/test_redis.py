@@ -134,6 +134,7 @@ async def test_keys_of_a_room_share_its_hash_tag(redis_url: str, redis: Redis) -
             [
                 f"{prefix}:meta:{tag}",
                 f"{prefix}:history:{tag}",
+                f"{prefix}:ids:{tag}",
                 *(
                     f"{prefix}:presence:{tag}:{part}"
                     for part in ("conns", "owner", "users", "status", "info")
@@ -150,6 +151,7 @@ async def test_keys_of_a_room_share_its_hash_tag(redis_url: str, redis: Redis) -
 
         assert await redis.type(f"{prefix}:history:{tag}") == b"stream"
         assert await redis.type(f"{prefix}:meta:{tag}") == b"hash"
+        assert await redis.type(f"{prefix}:ids:{tag}") == b"hash"
         assert await redis.type(f"{prefix}:presence:{tag}:conns") == b"zset"
 
 

@@ -47,8 +47,25 @@ class BrokerHandler(Protocol):
     def handle_publish_error(self, message: Message, exc: BaseException) -> None:
         """The broker could not publish ``message``; deliver it locally, count and log it."""
 
+    def handle_publish_unknown(self, message: Message, exc: BaseException) -> None:
+        """Whether ``message`` was published is unknown (no reply came, and it is
+        not retried); it is not delivered locally, since Redis may have. Count, log."""
+
     def handle_reconnect(self) -> None:
         """The broker's subscriber reconnected (and resubscribed); count it."""
+
+    def handle_subscriber_lost(self) -> None:
+        """The broker's subscriber connection was lost or replaced; count it."""
+
+    def handle_repair(self, room: str, *, repaired: int, lost: int) -> None:
+        """The broker filled a gap in ``room``'s feed from its history.
+
+        ``repaired`` missed messages were found and handed over; ``lost`` ones
+        were no longer retained (members see the offset jump and recover).
+        """
+
+    def handle_duplicates(self, count: int) -> None:
+        """The broker dropped ``count`` copies of publications already handed over."""
 
     def handle_presence_expired(self, room: str, user_id: str) -> None:
         """``user_id`` went offline in ``room`` because its pod stopped refreshing it."""
@@ -218,6 +235,12 @@ class Broker(Protocol):
         self, room: str, *, since: str | None = None, limit: int | None = None
     ) -> HistoryPage:
         """Return retained messages of ``room``, oldest first.
+
+        Ordering contract: once this returns, every publication of ``room`` up
+        to the page's ``offset`` that this broker will hand to the handler has
+        been handed over (for a room it subscribes to), so a caller that holds
+        live publications until then, and drops held ones at or below the
+        page's ``offset``, delivers each message once.
 
         Args:
             since: return the messages after this id; ``recovered`` tells

@@ -16,17 +16,37 @@ How a room message travels:
    when it comes back. A pod subscribes to a room's channel while it has local
    members, on one subscriber connection.
 
-Failures degrade gracefully: a publish that fails is delivered by the origin pod
-to its own members at once (and counted); the subscriber reconnects with jittered
-backoff and resubscribes; a subscriber that stays connected but stops receiving
-is caught by a health check (a message to the pod's own health channel that must
-come back) and replaced; :attr:`RedisBroker.ready` is False meanwhile.
+Ordering and exactness (see ``docs/topics/recovery.md``):
+
+- The publish script is idempotent: it records each message id with its offset,
+  so a publication retried after its reply was lost (a timeout, a dropped
+  connection) is stored and published once, and the retry learns its offset.
+- A publication that fails before it reaches Redis (no connection) is delivered
+  by the origin pod to its own members at once (and counted). One whose outcome
+  is unknown (the request went out, no reply came) is never delivered locally:
+  a retained one is retried with the same id until Redis answers (for
+  ``IN_DOUBT_RETRY`` seconds), other ones are not retried (at most once).
+- Redis orders one connection's output, not two connections against each other.
+  A history read of a room this pod subscribes to publishes a *barrier* on the
+  pod's own channel in the same transaction and returns only once the subscriber
+  has handed over everything before it (:meth:`RedisBroker.history`), so a
+  joining connection's replay and the live stream meet without a duplicate.
+- The subscriber's feed is checked per room (:class:`~roomcast.brokers.redis_feed.Feed`):
+  a copy of an offset already delivered is dropped, and a gap (messages missed
+  while the subscriber reconnected, was dropped by Redis for its output buffer,
+  or was replaced as deaf) is filled from the history before anything newer.
+
+Failures degrade gracefully: the subscriber reconnects with jittered backoff and
+resubscribes; a subscriber that stays connected but stops receiving is caught by
+a health check (a message to the pod's own channel that must come back) and
+replaced; :attr:`RedisBroker.ready` is False meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -38,13 +58,14 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
+from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.exceptions import NoScriptError, RedisError
 
 from roomcast.brokers.base import BrokerHandler, HistoryPage, PresenceStore, page_of
+from roomcast.brokers.redis_feed import Feed
 from roomcast.brokers.redis_presence import RedisPresence
-from roomcast.brokers.redis_scripts import PUBLISH
+from roomcast.brokers.redis_scripts import PUBLISH, READ_AFTER
 from roomcast.errors import BrokerUnavailable, ProtocolError
 from roomcast.protocol import Encoded, Message, encode
 
@@ -55,8 +76,37 @@ _log = logging.getLogger("roomcast.brokers.redis")
 _BATCH = 512
 """Most publications sent in one pipeline."""
 
+_BATCH_BYTES = 1 << 20
+"""Most payload bytes sent in one pipeline (a pipeline holds at least one publication)."""
+
+_REPAIR_PAGE = 500
+"""Most history entries read per room and round trip while filling a gap."""
+
+IN_DOUBT_RETRY = 30.0
+"""Seconds a retained publication whose outcome is unknown is retried before it is given up."""
+
+_RETRY_PAUSE = 0.2
+"""Seconds between retries of publications in doubt, and of failed history reads."""
+
 SUBSCRIBE_WAIT = 2.0
 """Seconds :meth:`RedisBroker.subscribe` waits for Redis to confirm a subscription."""
+
+
+class _Publication:
+    """A message on its way to Redis, and the future its publisher may await."""
+
+    __slots__ = ("doubted", "future", "message", "payload")
+
+    def __init__(self, message: Message, future: asyncio.Future[Message]) -> None:
+        self.message = message
+        self.future = future
+        self.payload = b""
+        self.doubted: float | None = None
+        """When its outcome first became unknown (monotonic seconds), else None."""
+
+    def settle(self) -> None:
+        if not self.future.done():
+            self.future.set_result(self.message)
 
 
 class RedisBroker:
@@ -72,7 +122,10 @@ class RedisBroker:
             refreshing them are forgotten (and their users go offline).
         health_interval: seconds between subscriber health probes; a probe that
             has not come back after three intervals replaces the subscriber.
-        node_id: this pod's id (random by default), used for its health channel.
+        command_timeout: seconds to wait for a command's reply; a publication
+            whose reply does not come in time is in doubt (retried, never
+            delivered locally).
+        node_id: this pod's id (random by default), used for its own channel.
     """
 
     def __init__(
@@ -84,6 +137,7 @@ class RedisBroker:
         history_ttl: float = 300.0,
         presence_ttl: float = 30.0,
         health_interval: float = 1.0,
+        command_timeout: float = 5.0,
         node_id: str | None = None,
     ) -> None:
         self.url = url
@@ -93,10 +147,22 @@ class RedisBroker:
         self.history_ttl = history_ttl
         self.health_interval = health_interval
         self.node_id = node_id or secrets.token_hex(4)
+        # Reads, presence and probes are idempotent: one quick retry on a dropped
+        # connection (a pooled connection Redis closed, say), nothing more, so an
+        # outage is noticed within a connect timeout or two.
         self._client: Redis = Redis.from_url(
             url,
             socket_connect_timeout=2.0,
-            socket_timeout=5.0,
+            socket_timeout=command_timeout,
+            retry=Retry(EqualJitterBackoff(cap=0.2, base=0.02), 1),
+            health_check_interval=10,
+        )
+        # Publications are retried by the writer itself, which knows which ones
+        # may have been applied (it retries those with the same id): no retry here.
+        self._writer: Redis = Redis.from_url(
+            url,
+            socket_connect_timeout=2.0,
+            socket_timeout=command_timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=10,
         )
@@ -104,9 +170,12 @@ class RedisBroker:
         # Typed as the Broker protocol says, so that ``Hub(broker=RedisBroker(...))``
         # type-checks (a protocol attribute is invariant: RedisPresence would not do).
         self.presence: PresenceStore = self._presence
-        self._publish_script = self._client.register_script(PUBLISH)
+        self._publish_sha = hashlib.sha1(PUBLISH.encode()).hexdigest()
+        self._read_after = self._client.register_script(READ_AFTER)
         self._handler: BrokerHandler | None = None
-        self._queue: deque[tuple[Message, asyncio.Future[Message]]] = deque()
+        self._queue: deque[_Publication] = deque()
+        self._in_doubt: list[_Publication] = []
+        self._retry_at = 0.0
         self._sending = 0  # publications of the batch in flight
         self._wake = asyncio.Event()
         self._rooms: set[str] = set()
@@ -117,6 +186,11 @@ class RedisBroker:
         self._last_probe_seen = 0.0
         self._reconnect = asyncio.Event()
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
+        # Ordering: barriers in flight, the per-room feed, repairs and their waiters.
+        self._barriers: dict[bytes, asyncio.Future[bool]] = {}
+        self._feed = Feed()
+        self._repair = asyncio.Event()
+        self._repair_waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisBroker:
@@ -136,7 +210,7 @@ class RedisBroker:
 
     @property
     def health_channel(self) -> str:
-        """This pod's own health-probe channel."""
+        """This pod's own channel: health probes and ordering barriers."""
         return f"{self.prefix}:health:{self.node_id}"
 
     @property
@@ -145,7 +219,11 @@ class RedisBroker:
         return max(1, math.ceil(self.history_ttl))
 
     def _history_keys(self, room: str) -> list[str]:
-        return [f"{self.prefix}:meta:{{{room}}}", f"{self.prefix}:history:{{{room}}}"]
+        tag = f"{{{room}}}"
+        return [f"{self.prefix}:meta:{tag}", f"{self.prefix}:history:{tag}"]
+
+    def _publish_keys(self, room: str) -> list[str]:
+        return [*self._history_keys(room), f"{self.prefix}:ids:{{{room}}}"]
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -155,7 +233,7 @@ class RedisBroker:
         return self._handler is not None and self._commands_ok and self._subscriber_ok
 
     async def start(self, handler: BrokerHandler) -> None:
-        """Connect, then run the writer, subscriber, health and presence tasks."""
+        """Connect, then run the writer, subscriber, repair, health and presence tasks."""
         self._handler = handler
         try:
             await self._client.ping()
@@ -166,6 +244,7 @@ class RedisBroker:
         for coro, name in (
             (self._write_loop(), "writer"),
             (self._subscribe_loop(), "subscriber"),
+            (self._repair_loop(), "repair"),
             (self._health_loop(), "health"),
             (self._presence_loop(), "presence"),
         ):
@@ -192,16 +271,28 @@ class RedisBroker:
             if not task.cancelled():
                 task.exception()  # retrieve it: nothing to do with it while closing
         self._tasks.clear()
+        # Nobody waits forever on what is left.
+        for publication in (*self._queue, *self._in_doubt):
+            publication.settle()
+        self._queue.clear()
+        self._in_doubt.clear()
+        for waiter in self._barriers.values():
+            if not waiter.done():
+                waiter.set_result(False)
+        self._settle_repair_waiters(everything=True)
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             self._pubsub = None
-        with contextlib.suppress(Exception):
-            await self._client.aclose()
+        for client in (self._client, self._writer):
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def _drain_queue(self, *, within: float) -> None:
         deadline = time.monotonic() + within
-        while (self._queue or self._sending) and time.monotonic() < deadline:  # noqa: ASYNC110
+        while (  # noqa: ASYNC110
+            self._queue or self._sending or self._in_doubt
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
     # -- publishing ---------------------------------------------------------------------------
@@ -209,73 +300,176 @@ class RedisBroker:
     def publish(self, message: Message) -> asyncio.Future[Message]:
         """Queue ``message`` for the writer; see :meth:`roomcast.brokers.base.Broker.publish`."""
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._queue.append((message, future))
+        self._queue.append(_Publication(message, future))
         self._wake.set()
         return future
 
     async def _write_loop(self) -> None:
         queue = self._queue
         while True:
-            await self._wake.wait()
+            if not queue:
+                if self._in_doubt:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.0, self._retry_at - time.monotonic())):
+                            await self._wake.wait()
+                else:
+                    await self._wake.wait()
             self._wake.clear()
-            while queue:
-                batch = [queue.popleft() for _ in range(min(len(queue), _BATCH))]
-                self._sending = len(batch)
-                try:
-                    await self._send(batch)
-                finally:
-                    self._sending = 0
+            if self._in_doubt and time.monotonic() >= self._retry_at:
+                await self._send(self._take_in_doubt())
+            if queue:
+                await self._send(self._take_batch(queue))
 
-    async def _send(self, batch: list[tuple[Message, asyncio.Future[Message]]]) -> None:
-        size, ttl = self.history_size, self._ttl_seconds
+    def _take_batch(self, queue: deque[_Publication]) -> list[_Publication]:
+        # Up to _BATCH publications or _BATCH_BYTES of payload, encoded once here.
+        batch: list[_Publication] = []
+        size = 0
+        while queue and len(batch) < _BATCH and size < _BATCH_BYTES:
+            publication = queue.popleft()
+            try:
+                publication.payload = encode(publication.message)
+            except Exception:  # an unencodable message goes nowhere; the writer goes on
+                _log.exception("dropping a message that cannot be encoded")
+                publication.settle()
+                continue
+            size += len(publication.payload)
+            batch.append(publication)
+        return batch
+
+    def _take_in_doubt(self) -> list[_Publication]:
+        # Publications in doubt for too long are given up (and counted), never
+        # delivered locally: Redis may have published them.
+        now = time.monotonic()
+        batch, self._in_doubt = self._in_doubt, []
+        handler = self._handler
+        kept = []
+        for publication in batch:
+            doubted = publication.doubted
+            if doubted is not None and now - doubted > IN_DOUBT_RETRY:
+                if handler is not None:
+                    handler.handle_publish_unknown(
+                        publication.message, BrokerUnavailable("Redis did not answer in time")
+                    )
+                publication.settle()
+            else:
+                kept.append(publication)
+        return kept
+
+    async def _send(self, batch: list[_Publication]) -> None:
+        if not batch:
+            return
+        self._sending = len(batch)
+        try:
+            await self._send_batch(batch)
+        finally:
+            self._sending = 0
+        if self._in_doubt:
+            self._retry_at = time.monotonic() + _RETRY_PAUSE
+            self._wake.set()
+
+    async def _send_batch(self, batch: list[_Publication]) -> None:
         if not self._commands_ok:
             # Known to be unreachable: deliver locally at once instead of waiting
             # for a connect timeout; the health loop notices when Redis is back.
-            results: list[Any] = [BrokerUnavailable("Redis is unreachable")] * len(batch)
-            self._settle(batch, results)
+            self._not_sent(batch, BrokerUnavailable("Redis is unreachable"))
             return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for message, _ in batch:
-                    payload = encode(message)
+            # Connecting first tells "nothing was sent" apart from "no reply".
+            connection = await self._writer.connection_pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]
+        except (RedisError, OSError) as exc:
+            self._commands_ok = False
+            self._not_sent(batch, exc)
+            return
+        size, ttl = self.history_size, self._ttl_seconds
+        scripted = []
+        try:
+            pipe = self._writer.pipeline(transaction=False)
+            pipe.connection = connection  # execute() uses it; reset() returns it to the pool
+            async with pipe:
+                for publication in batch:
+                    message, payload = publication.message, publication.payload
                     room = message.room
                     if room is None:
                         pipe.publish(self.global_channel, payload)
+                        scripted.append(False)
                     elif message.retained and size:
-                        await self._publish_script(
-                            keys=self._history_keys(room),
-                            args=[
-                                self.room_channel(room),
-                                payload,
-                                message.id,
-                                size,
-                                ttl,
-                                secrets.token_hex(4),
-                            ],
-                            client=pipe,
+                        pipe.evalsha(
+                            self._publish_sha,
+                            3,
+                            *self._publish_keys(room),
+                            self.room_channel(room),
+                            payload,
+                            message.id,
+                            size,
+                            ttl,
+                            secrets.token_hex(4),
                         )
+                        scripted.append(True)
                     else:
                         pipe.publish(self.room_channel(room), payload)
+                        scripted.append(False)
                 results = await pipe.execute(raise_on_error=False)
             self._commands_ok = True
         except (RedisError, OSError) as exc:
             self._commands_ok = False
-            results = [exc] * len(batch)
-        self._settle(batch, results)
+            self._doubted(batch, scripted, exc)
+            return
+        await self._settle(batch, results)
 
-    def _settle(
-        self, batch: list[tuple[Message, asyncio.Future[Message]]], results: list[Any]
-    ) -> None:
+    def _not_sent(self, batch: list[_Publication], exc: BaseException) -> None:
+        # Nothing of the batch reached Redis: deliver new ones locally (SPEC §6);
+        # ones already in doubt stay in doubt (an earlier attempt may have landed).
+        handler = self._handler
+        for publication in batch:
+            if publication.doubted is not None:
+                self._in_doubt.append(publication)
+                continue
+            if handler is not None:
+                handler.handle_publish_error(publication.message, exc)
+            publication.settle()
+
+    def _doubted(self, batch: list[_Publication], scripted: list[bool], exc: BaseException) -> None:
+        # The request went out and no reply came: Redis may have applied any of it.
+        handler = self._handler
+        now = time.monotonic()
+        for publication, retry in zip(batch, scripted, strict=False):
+            if retry:  # idempotent: retried with the same id
+                if publication.doubted is None:
+                    publication.doubted = now
+                self._in_doubt.append(publication)
+            else:  # a plain PUBLISH cannot be retried safely: at most once
+                if handler is not None:
+                    handler.handle_publish_unknown(publication.message, exc)
+                publication.settle()
+        for publication in batch[len(scripted) :]:  # not even queued: same as not sent
+            self._not_sent([publication], exc)
+        _log.warning(
+            "Redis did not answer a publish; retrying what is retained with the same ids",
+            extra={"error": str(exc), "publications": len(batch)},
+        )
+
+    async def _settle(self, batch: list[_Publication], results: list[Any]) -> None:
         # Settle each publication: failures are delivered locally by the handler.
         handler = self._handler
-        for (message, future), result in zip(batch, results, strict=True):
+        reload = False
+        for publication, result in zip(batch, results, strict=True):
+            if isinstance(result, NoScriptError):  # not run: load the script, send again
+                reload = True
+                self._in_doubt.append(publication)
+                continue
             if isinstance(result, BaseException):
                 if handler is not None:
-                    handler.handle_publish_error(message, result)
-            elif isinstance(result, list):  # [offset, epoch] from the script
-                message.offset = int(result[0])
-            if not future.done():
-                future.set_result(message)
+                    if publication.doubted is None:
+                        handler.handle_publish_error(publication.message, result)
+                    else:
+                        handler.handle_publish_unknown(publication.message, result)
+            elif isinstance(result, list):  # [offset, epoch, already stored] from the script
+                publication.message.offset = int(result[0])
+            publication.settle()
+        if reload:
+            with contextlib.suppress(RedisError, OSError):
+                await self._writer.script_load(PUBLISH)
+            self._retry_at = 0.0
 
     # -- subscribing ----------------------------------------------------------------------------
 
@@ -310,6 +504,8 @@ class RedisBroker:
     async def unsubscribe(self, room: str) -> None:
         """Unsubscribe from ``room``'s channel."""
         self._rooms.discard(room)
+        self._feed.forget(room)
+        self._settle_repair_waiters()
         pubsub = self._pubsub
         if pubsub is not None and self._subscriber_ok:
             try:
@@ -326,6 +522,9 @@ class RedisBroker:
                 retry=Retry(NoBackoff(), 0),
             ).pubsub()
             try:
+                # What was published while no subscriber listened is filled in from
+                # each room's history once its new subscription is confirmed.
+                self._feed.resync()
                 rooms = set(self._rooms)
                 channels = [self.global_channel, self.health_channel]
                 channels += [self.room_channel(room) for room in rooms]
@@ -352,10 +551,15 @@ class RedisBroker:
                 if self._subscriber_ok or attempt == 0:
                     _log.warning("Redis subscriber lost", extra={"error": str(exc)})
             finally:
+                if self._subscriber_ok and self._handler is not None:
+                    self._handler.handle_subscriber_lost()
                 self._subscriber_ok = False
                 self._pubsub = None
+                for waiter in self._barriers.values():  # they went with the connection
+                    if not waiter.done():
+                        waiter.set_result(False)
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             attempt += 1
             delay = min(5.0, 0.1 * 2 ** min(attempt, 6))
             await asyncio.sleep(random.uniform(delay / 2, delay))  # full jitter, floored
@@ -364,32 +568,133 @@ class RedisBroker:
         health = self.health_channel.encode()
         global_channel = self.global_channel.encode()
         room_prefix = f"{self.prefix}:room:".encode()
+        feed = self._feed
         while not self._reconnect.is_set():
             item = await pubsub.get_message(timeout=0.5)
             if item is None:
                 continue
             if item.get("type") != "message":
                 if item.get("type") == "subscribe":
-                    for waiter in self._confirmations.pop(item["channel"], ()):
+                    channel = item["channel"]
+                    for waiter in self._confirmations.pop(channel, ()):
                         if not waiter.done():
                             waiter.set_result(None)
+                    if channel.startswith(room_prefix):
+                        feed.confirmed(channel[len(room_prefix) :].decode())
+                        if feed.wanted:
+                            self._repair.set()
                 continue
-            channel: bytes = item["channel"]
+            channel = item["channel"]
             data: bytes = item["data"]
             if channel == health:
-                self._last_probe_seen = time.monotonic()
+                self._on_own_channel(data)
                 continue
             handler = self._handler
             if handler is None:
                 continue
-            if channel != global_channel and not channel.startswith(room_prefix):
-                continue
+            epoch: str | None = None
+            if data[:1] != b"{":  # "<epoch> <payload>" from the publish script
+                epoch_raw, _, data = data.partition(b" ")
+                epoch = epoch_raw.decode()
             try:
                 message = Message.from_dict(orjson.loads(data))
-            except (orjson.JSONDecodeError, ProtocolError):
+            except (orjson.JSONDecodeError, ProtocolError, UnicodeDecodeError):
                 _log.warning("ignoring a malformed publication", extra={"channel": channel})
                 continue
-            handler.handle_publication(Encoded(data, message))
+            encoded = Encoded(data, message)
+            if channel == global_channel:
+                handler.handle_publication(encoded)
+                continue
+            room = message.room
+            if room is None or not channel.startswith(room_prefix):
+                continue
+            if feed.receive(room, epoch, encoded):
+                handler.handle_publication(encoded)
+            elif feed.wanted:
+                self._repair.set()
+            if feed.duplicates:
+                handler.handle_duplicates(feed.duplicates)
+                feed.duplicates = 0
+
+    def _on_own_channel(self, data: bytes) -> None:
+        if data.startswith(b"barrier:"):
+            waiter = self._barriers.get(data)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(True)
+            return
+        self._last_probe_seen = time.monotonic()
+
+    # -- filling gaps -----------------------------------------------------------------------------
+
+    async def _repair_loop(self) -> None:
+        feed = self._feed
+        while True:
+            await self._repair.wait()
+            self._repair.clear()
+            while due := feed.due():
+                try:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for room, after in due:
+                            await self._read_after(
+                                keys=self._history_keys(room),
+                                args=[after, _REPAIR_PAGE],
+                                client=pipe,
+                            )
+                        replies = await pipe.execute(raise_on_error=False)
+                except (RedisError, OSError) as exc:
+                    _log.debug("history read for a repair failed", extra={"error": str(exc)})
+                    replies = [exc] * len(due)
+                # No await from here to the deliveries: the feed decides in order.
+                self._apply_repairs(due, replies)
+                if any(isinstance(reply, BaseException) for reply in replies):
+                    await asyncio.sleep(_RETRY_PAUSE)
+
+    def _apply_repairs(self, due: list[tuple[str, int]], replies: list[Any]) -> None:
+        feed = self._feed
+        handler = self._handler
+        for (room, _), reply in zip(due, replies, strict=True):
+            if isinstance(reply, BaseException) or handler is None:
+                feed.failed(room)
+                continue
+            epoch_raw, _, entries = reply
+            messages = []
+            for _, fields in entries:  # [entry id, [b"i", id, b"p", payload]]
+                try:
+                    messages.append(Encoded.stored(fields[3]))
+                except ProtocolError:
+                    _log.warning("ignoring a malformed history entry", extra={"room": room})
+            epoch = epoch_raw.decode() if epoch_raw else None
+            out, repair = feed.repaired(room, epoch, messages, complete=len(entries) < _REPAIR_PAGE)
+            for encoded in out:
+                handler.handle_publication(encoded)
+            if repair.repaired or repair.lost:
+                handler.handle_repair(room, repaired=repair.repaired, lost=repair.lost)
+        if feed.duplicates and handler is not None:
+            handler.handle_duplicates(feed.duplicates)
+        feed.duplicates = 0
+        self._settle_repair_waiters()
+
+    def _settle_repair_waiters(self, *, everything: bool = False) -> None:
+        for room in list(self._repair_waiters):
+            if everything or not self._feed.repairing(room):
+                for waiter in self._repair_waiters.pop(room):
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    async def _caught_up(self, room: str, epoch: str, offset: int) -> None:
+        # After a barrier: make sure every publication of ``room`` up to ``offset``
+        # has been handed over (a repair in progress finished), within a bound.
+        if room not in self._rooms or not self._feed.baseline(room, epoch, offset):
+            return
+        self._repair.set()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._repair_waiters.setdefault(room, []).append(waiter)
+        try:
+            await asyncio.wait_for(waiter, SUBSCRIBE_WAIT)
+        except TimeoutError:
+            _log.warning("history of %s is still being repaired; replying anyway", room)
+
+    # -- health and presence ----------------------------------------------------------------------
 
     async def _health_loop(self) -> None:
         # Prove end-to-end delivery: a probe published on our own channel must come
@@ -402,6 +707,8 @@ class RedisBroker:
             except (RedisError, OSError):
                 self._commands_ok = False
                 continue
+            if self._in_doubt:
+                self._wake.set()
             silent = time.monotonic() - self._last_probe_seen
             if self._subscriber_ok and silent > 3 * self.health_interval:
                 _log.warning(
@@ -429,26 +736,56 @@ class RedisBroker:
     async def history(
         self, room: str, *, since: str | None = None, limit: int | None = None
     ) -> HistoryPage:
-        """Return retained messages of ``room``, oldest first (see the Broker protocol)."""
+        """Return retained messages of ``room``, oldest first (see the Broker protocol).
+
+        For a room this pod subscribes to, the read publishes a barrier on the
+        pod's own channel in the same transaction, and returns once the
+        subscriber has received it (or after ``SUBSCRIBE_WAIT`` seconds): every
+        publication the page covers has then been handed to the handler, and
+        any later one comes after the page's ``offset``. Redis delivers one
+        connection's output in order, and the transaction puts the barrier after
+        every publication the read saw and before every later one.
+        """
         meta, stream = self._history_keys(room)
+        read = since is not None or limit != 0
+        barrier: bytes | None = None
+        waiter: asyncio.Future[bool] | None = None
+        if room in self._rooms and self._subscriber_ok:
+            barrier = b"barrier:" + secrets.token_hex(8).encode()
+            waiter = self._barriers[barrier] = asyncio.get_running_loop().create_future()
         try:
-            async with self._client.pipeline(transaction=True) as pipe:  # one snapshot
-                if self.history_size:
-                    pipe.hsetnx(meta, "epoch", secrets.token_hex(4))
-                    if self.history_ttl:
-                        pipe.expire(meta, self._ttl_seconds, nx=True)
-                pipe.hmget(meta, "epoch", "offset")
-                if since is not None or limit != 0:
-                    pipe.xrange(stream)
-                results = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise BrokerUnavailable(f"history of {room!r} unavailable: {exc}") from exc
-        if since is not None or limit != 0:
-            epoch_raw, offset_raw = results[-2]
-            entries = results[-1]
-        else:
-            epoch_raw, offset_raw = results[-1]
-            entries = []
+            try:
+                async with self._client.pipeline(transaction=True) as pipe:  # one snapshot
+                    if self.history_size:
+                        pipe.hsetnx(meta, "epoch", secrets.token_hex(4))
+                        if self.history_ttl:
+                            pipe.expire(meta, self._ttl_seconds, nx=True)
+                    pipe.hmget(meta, "epoch", "offset")
+                    if read:
+                        pipe.xrange(stream)
+                    if barrier is not None:
+                        pipe.publish(self.health_channel, barrier)
+                    results = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                raise BrokerUnavailable(f"history of {room!r} unavailable: {exc}") from exc
+            if barrier is not None:
+                results.pop()
+            entries = results.pop() if read else []
+            epoch_raw, offset_raw = results.pop()
+            epoch = epoch_raw.decode() if epoch_raw else ""
+            offset = int(offset_raw or 0)
+            if waiter is not None:
+                try:
+                    ordered = await asyncio.wait_for(waiter, SUBSCRIBE_WAIT)
+                except TimeoutError:
+                    ordered = False
+                if ordered and self.history_size:
+                    await self._caught_up(room, epoch, offset)
+                elif not ordered:
+                    _log.warning("history barrier of %s did not come back; replying anyway", room)
+        finally:
+            if barrier is not None:
+                self._barriers.pop(barrier, None)
         if offset_raw is None:
             # Nothing published in this epoch yet: stream entries can only be left
             # from an earlier history whose meta was lost alone (e.g. evicted).
@@ -457,11 +794,7 @@ class RedisBroker:
         selected, recovered = page_of(retained, since=since, limit=limit, id_of=_entry_id)
         messages = [Encoded.stored(fields[b"p"]) for fields in selected]
         return HistoryPage(
-            room=room,
-            epoch=epoch_raw.decode() if epoch_raw else "",
-            offset=int(offset_raw or 0),
-            messages=messages,
-            recovered=recovered,
+            room=room, epoch=epoch, offset=offset, messages=messages, recovered=recovered
         )
 
 

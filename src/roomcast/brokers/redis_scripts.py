@@ -8,31 +8,71 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["PRESENCE_ADD", "PRESENCE_REAP", "PRESENCE_REMOVE", "PRESENCE_STATUS", "PUBLISH"]
+__all__ = [
+    "PRESENCE_ADD",
+    "PRESENCE_REAP",
+    "PRESENCE_REMOVE",
+    "PRESENCE_STATUS",
+    "PUBLISH",
+    "READ_AFTER",
+]
 
 PUBLISH: Final = """
--- KEYS: meta (hash: epoch, offset), stream (history)
+-- KEYS: meta (hash: epoch, offset), stream (history), ids (hash: message id -> offset)
 -- ARGV: channel, payload (JSON object without offset), message id,
 --       history size, history ttl (s, 0 = none), epoch to use if the history is new
+-- Returns {offset, epoch, 1 if the id was already stored (nothing done) else 0}.
+-- Idempotent: a retry of a publication whose reply was lost stores and publishes
+-- nothing again while its id is retained, and returns the offset it got.
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch or redis.call('HEXISTS', KEYS[1], 'offset') == 0 then
+if epoch and redis.call('HEXISTS', KEYS[1], 'offset') == 1 then
+  local stored = redis.call('HGET', KEYS[3], ARGV[3])
+  if stored then
+    return {tonumber(stored), epoch, 1}
+  end
+else
   -- A new history: none yet, or only its epoch (set by a reader). A stream left
   -- from an earlier history whose meta was lost alone (evicted) goes too, else
   -- XADD would refuse the smaller entry id and every publication would fail.
   epoch = epoch or ARGV[6]
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local payload = string.sub(ARGV[2], 1, -2) .. ',"offset":' .. offset .. '}'
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 'i', ARGV[3], 'p', payload)
+redis.call('XADD', KEYS[2], offset .. '-0', 'i', ARGV[3], 'p', payload)
+redis.call('HSET', KEYS[3], ARGV[3], offset)
+-- Keep history size entries; the ids of the ones dropped go with them.
+local oldest = offset - tonumber(ARGV[4])
+if oldest >= 1 then
+  local gone = redis.call('XRANGE', KEYS[2], '-', oldest .. '-0')
+  for _, entry in ipairs(gone) do
+    redis.call('HDEL', KEYS[3], entry[2][2])
+  end
+  if #gone > 0 then
+    redis.call('XTRIM', KEYS[2], 'MINID', (oldest + 1) .. '-0')
+  end
+end
 local ttl = tonumber(ARGV[5])
 if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[3], ttl)
 end
-redis.call('PUBLISH', ARGV[1], payload)
-return {offset, epoch}
+-- Subscribers get the epoch in front of the payload: "<epoch> <payload>".
+redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. payload)
+return {offset, epoch, 0}
+"""
+
+READ_AFTER: Final = """
+-- KEYS: meta, stream. ARGV: offset, most entries to return.
+-- Returns {epoch or false, newest offset, entries after the offset (oldest first)}.
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+if not meta[2] then
+  return {meta[1], 0, {}}
+end
+local entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
+return {meta[1], tonumber(meta[2]), entries}
 """
 
 PRESENCE_ADD: Final = """
