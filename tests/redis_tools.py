@@ -4,8 +4,8 @@
 - :func:`attach`: a hub connection without a socket
   (:class:`~tests.recording.RecordingConnection`), for tests that run several hubs
   ("pods") in one process.
-- :class:`DeafProxy`: a TCP proxy that can stop forwarding what Redis sends on the
-  connections it holds, without closing them (a deaf, half-open subscriber).
+- :class:`RedisProxy`: a TCP proxy that can stop forwarding what Redis sends on the
+  connections it holds without closing them (deaf), delay or stall it for subscribers.
 """
 
 from __future__ import annotations
@@ -45,17 +45,19 @@ def attach(hub: Hub, room: str | None, *, user_id: str | None = None) -> Recordi
     return conn
 
 
-# -- a TCP proxy that can go deaf ---------------------------------------------------------
+# -- a TCP proxy in front of Redis that can go deaf, slow or stall ---------------------------
 
 
 class _Link:
-    """One proxied connection: client side, upstream side, and whether it is frozen."""
+    """One proxied connection: client side, upstream side, and what is done to it."""
 
     def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
         self.client = client
         self.upstream = upstream
+        self.subscriber = False  # the client sent a SUBSCRIBE on it
         self.frozen = False
         self.dropped = 0
+        self.sent_up = b""  # the start of what the client sent, to classify it
 
     def close(self) -> None:
         for writer in (self.client, self.upstream):
@@ -63,22 +65,32 @@ class _Link:
                 writer.close()
 
 
-class DeafProxy:
+class RedisProxy:
     """A TCP proxy on 127.0.0.1 in front of ``target_port``, in a thread of its own.
 
-    :meth:`freeze` makes every connection open at that moment silently drop what
-    the upstream sends (the client hears nothing, nothing is closed: a half-open,
-    deaf connection), while client bytes still go upstream and new connections are
-    proxied normally. :meth:`stop` closes everything and joins the thread.
+    A connection on which the client sent ``SUBSCRIBE`` is a *subscriber* link;
+    others are *command* links. What Redis sends back can be tampered with:
+
+    - :meth:`freeze`: connections open now silently drop what Redis sends (a
+      half-open, deaf connection; the client's bytes still go up, nothing closes);
+    - :meth:`delay_subscribers`: what Redis sends on subscriber links arrives
+      ``seconds`` late, in order (a slow path for pub/sub only);
+    - :meth:`stall_subscribers`: stop reading what Redis sends on subscriber
+      links, so it piles up in Redis's output buffer, until :meth:`resume`.
+
+    New connections are proxied normally unless a delay or stall is in force.
+    :meth:`stop` closes everything and joins the thread.
     """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
         self.links: list[_Link] = []
+        self.delay = 0.0
+        self._running = asyncio.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
-            target=self._loop.run_forever, name="deaf-proxy", daemon=True
+            target=self._loop.run_forever, name="redis-proxy", daemon=True
         )
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -90,25 +102,47 @@ class DeafProxy:
     def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(5)
 
-    def start(self) -> DeafProxy:
+    def start(self) -> RedisProxy:
         self._thread.start()
         self._run(self._start())
         return self
 
     async def _start(self) -> None:
+        self._running.set()
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = int(self._server.sockets[0].getsockname()[1])
 
-    def freeze(self) -> int:
-        """Make every connection open now deaf; return how many there are."""
+    def freeze(self, *, subscribers: bool = True, commands: bool = True) -> int:
+        """Make the connections open now (of the kinds asked) deaf; return how many."""
 
         async def freeze() -> int:
-            for link in self.links:
+            links = [
+                link
+                for link in self.links
+                if (subscribers if link.subscriber else commands) and not link.frozen
+            ]
+            for link in links:
                 link.frozen = True
-            return len(self.links)
+            return len(links)
 
         count: int = self._run(freeze())
         return count
+
+    def delay_subscribers(self, seconds: float) -> None:
+        """Deliver what Redis sends on subscriber links ``seconds`` late (0: on time)."""
+
+        async def delay() -> None:
+            self.delay = seconds
+
+        self._run(delay())
+
+    def stall_subscribers(self) -> None:
+        """Stop reading from Redis on subscriber links (until :meth:`resume`)."""
+        self._loop.call_soon_threadsafe(self._running.clear)
+
+    def resume(self) -> None:
+        """Read from Redis on subscriber links again."""
+        self._loop.call_soon_threadsafe(self._running.set)
 
     def dropped(self) -> int:
         """Bytes dropped on frozen connections so far."""
@@ -128,21 +162,22 @@ class DeafProxy:
         link = _Link(writer, up_writer)
         self.links.append(link)
         for task in (
-            asyncio.create_task(self._pump(reader, up_writer, link, upstream=False)),
-            asyncio.create_task(self._pump(up_reader, writer, link, upstream=True)),
+            asyncio.create_task(self._pump_up(reader, up_writer, link)),
+            asyncio.create_task(self._pump_down(up_reader, writer, link)),
         ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    async def _pump(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link, *, upstream: bool
+    async def _pump_up(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link
     ) -> None:
         try:
             while data := await reader.read(65536):
-                if upstream and link.frozen:
-                    link.dropped += len(data)
-                    continue
+                if not link.subscriber:
+                    link.sent_up = (link.sent_up + data)[-4096:]
+                    # The command itself, as a RESP bulk string (not a script's text).
+                    link.subscriber = b"$9\r\nSUBSCRIBE\r\n" in link.sent_up.upper()
                 writer.write(data)
                 await writer.drain()
         except (OSError, asyncio.CancelledError):
@@ -150,12 +185,55 @@ class DeafProxy:
         finally:
             link.close()
 
+    async def _pump_down(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link
+    ) -> None:
+        # Read as fast as Redis sends; a delayed chunk goes out ``delay`` after it
+        # was read, in order, through a queue, so delays do not add up.
+        loop = asyncio.get_running_loop()
+        late: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        sender = asyncio.create_task(self._send_late(late, writer))
+        try:
+            while True:
+                if link.subscriber:
+                    await self._running.wait()
+                data = await reader.read(65536)
+                if not data:
+                    break
+                if link.frozen:
+                    link.dropped += len(data)
+                elif link.subscriber and (self.delay or not late.empty()):
+                    late.put_nowait((loop.time() + self.delay, data))
+                else:
+                    writer.write(data)
+                    await writer.drain()
+            await late.join()
+        except (OSError, asyncio.CancelledError):
+            pass
+        finally:
+            sender.cancel()
+            link.close()
+
+    @staticmethod
+    async def _send_late(
+        late: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):
+            while True:
+                due, data = await late.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                writer.write(data)
+                await writer.drain()
+                late.task_done()
+
     def stop(self) -> None:
         """Close every connection and the listener, then stop the thread."""
         if not self._thread.is_alive():
             return
 
         async def stop() -> None:
+            self._running.set()
             if self._server is not None:
                 self._server.close()
             for link in self.links:

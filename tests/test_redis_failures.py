@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from tests.redis_support import RedisServer
-from tests.redis_tools import DeafProxy, pod_flags, unique_prefix
+from tests.redis_tools import RedisProxy, pod_flags, unique_prefix
 from tests.support import MS, ServerProcess, api, dumps, eventually, fresh_room, get_metrics
 
 Serve = Callable[..., ServerProcess]
@@ -102,8 +102,8 @@ async def inbox(
 
 
 @pytest.fixture
-def proxy(redis_server: RedisServer) -> Iterator[DeafProxy]:
-    deaf = DeafProxy(redis_server.port).start()
+def proxy(redis_server: RedisServer) -> Iterator[RedisProxy]:
+    deaf = RedisProxy(redis_server.port).start()
     yield deaf
     deaf.stop()
 
@@ -321,7 +321,7 @@ async def test_users_of_a_killed_pod_go_offline(
 async def test_deaf_subscriber_is_detected_and_replaced(
     serve: Serve,
     redis_server: RedisServer,
-    proxy: DeafProxy,
+    proxy: RedisProxy,
     inbox: Callable[..., Awaitable[Inbox]],
 ) -> None:
     deaf, healthy = start_pods(serve, proxy.url, redis_server.url)

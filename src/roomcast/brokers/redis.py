@@ -237,8 +237,9 @@ class RedisBroker:
         self._handler = handler
         try:
             await self._client.ping()
+            await self._writer.script_load(PUBLISH)
             self._commands_ok = True
-        except RedisError as exc:
+        except (RedisError, OSError) as exc:
             _log.warning("Redis unreachable at start; will keep trying", extra={"error": str(exc)})
         self._last_probe_seen = time.monotonic()
         for coro, name in (

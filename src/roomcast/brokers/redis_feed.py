@@ -233,6 +233,12 @@ class Feed:
         if epoch and epoch != position.epoch:
             # The history restarted: its messages are all new to the members.
             position.epoch, position.offset = epoch, 0
+        # Offsets held live are not "missed": the history only delivers them sooner.
+        held_offsets = {
+            item.message.offset
+            for item_epoch, item in held.items
+            if item_epoch == position.epoch and item.message is not None
+        }
         for encoded in messages:
             message = encoded.message
             offset = message.offset if message is not None else None
@@ -241,7 +247,8 @@ class Feed:
             lost += offset - position.offset - 1
             position.offset = offset
             out.append(encoded)
-            repaired += 1
+            if offset not in held_offsets:
+                repaired += 1
         if not complete or held.overflowed or not held.ready:
             held.overflowed = False
             if held.ready:
@@ -251,6 +258,16 @@ class Feed:
         del self._repairing[room]
         items = held.items
         for index, (item_epoch, encoded) in enumerate(items):
+            message = encoded.message
+            offset = message.offset if message is not None else None
+            now = self.positions.get(room)
+            if (
+                now is not None
+                and item_epoch == now.epoch
+                and offset is not None
+                and offset <= now.offset
+            ):
+                continue  # delivered from the history just now
             if self.receive(room, item_epoch, encoded):
                 out.append(encoded)
             elif room in self._repairing:  # a new gap among them: hold the rest too
