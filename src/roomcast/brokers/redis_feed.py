@@ -230,8 +230,11 @@ class Feed:
         held.reading = False
         out: list[Encoded] = []
         repaired = lost = 0
+        stale: str | None = None
         if epoch and epoch != position.epoch:
-            # The history restarted: its messages are all new to the members.
+            # The history restarted: its messages are all new to the members, and
+            # held ones of the old epoch are older than all of them.
+            stale = position.epoch
             position.epoch, position.offset = epoch, 0
         # Offsets held live are not "missed": the history only delivers them sooner.
         held_offsets = {
@@ -258,6 +261,8 @@ class Feed:
         del self._repairing[room]
         items = held.items
         for index, (item_epoch, encoded) in enumerate(items):
+            if stale is not None and item_epoch == stale:
+                continue
             message = encoded.message
             offset = message.offset if message is not None else None
             now = self.positions.get(room)
