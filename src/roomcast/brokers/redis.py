@@ -374,6 +374,10 @@ class RedisBroker:
             # for a connect timeout; the health loop notices when Redis is back.
             self._not_sent(batch, BrokerUnavailable("Redis is unreachable"))
             return
+        # Let the loop read what is pending on the sockets first: a pooled
+        # connection the server closed meanwhile is then seen as closed (and
+        # replaced, or found unreachable) before anything is written to it.
+        await asyncio.sleep(0)
         try:
             # Connecting first tells "nothing was sent" apart from "no reply".
             connection = await self._writer.connection_pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]
