@@ -62,10 +62,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from roomcast.brokers.base import BrokerHandler, HistoryPage, PresenceStore, page_of
+from roomcast.brokers.base import BrokerHandler, HistoryPage, PresenceStore
 from roomcast.brokers.redis_feed import Feed
 from roomcast.brokers.redis_presence import RedisPresence
-from roomcast.brokers.redis_scripts import PUBLISH, READ_AFTER
+from roomcast.brokers.redis_scripts import PUBLISH, READ_AFTER, READ_PAGE
 from roomcast.errors import BrokerUnavailable, ProtocolError
 from roomcast.protocol import Encoded, Message, encode
 
@@ -172,6 +172,7 @@ class RedisBroker:
         self.presence: PresenceStore = self._presence
         self._publish_sha = hashlib.sha1(PUBLISH.encode()).hexdigest()
         self._read_after = self._client.register_script(READ_AFTER)
+        self._read_page = self._client.register_script(READ_PAGE)
         self._handler: BrokerHandler | None = None
         self._queue: deque[_Publication] = deque()
         self._in_doubt: list[_Publication] = []
@@ -751,8 +752,6 @@ class RedisBroker:
         connection's output in order, and the transaction puts the barrier after
         every publication the read saw and before every later one.
         """
-        meta, stream = self._history_keys(room)
-        read = since is not None or limit != 0
         barrier: bytes | None = None
         waiter: asyncio.Future[bool] | None = None
         if room in self._rooms and self._subscriber_ok:
@@ -760,25 +759,23 @@ class RedisBroker:
             waiter = self._barriers[barrier] = asyncio.get_running_loop().create_future()
         try:
             try:
-                async with self._client.pipeline(transaction=True) as pipe:  # one snapshot
-                    if self.history_size:
-                        pipe.hsetnx(meta, "epoch", secrets.token_hex(4))
-                        if self.history_ttl:
-                            pipe.expire(meta, self._ttl_seconds, nx=True)
-                    pipe.hmget(meta, "epoch", "offset")
-                    if read:
-                        pipe.xrange(stream)
-                    if barrier is not None:
-                        pipe.publish(self.health_channel, barrier)
-                    results = await pipe.execute()
+                # One script: one snapshot, and the barrier right after it.
+                reply = await self._read_page(
+                    keys=self._publish_keys(room),
+                    args=[
+                        since or "",
+                        -1 if limit is None else limit,
+                        secrets.token_hex(4) if self.history_size else "",
+                        self._ttl_seconds if self.history_ttl else 0,
+                        self.health_channel if barrier is not None else "",
+                        barrier or b"",
+                    ],
+                )
             except (RedisError, OSError) as exc:
                 raise BrokerUnavailable(f"history of {room!r} unavailable: {exc}") from exc
-            if barrier is not None:
-                results.pop()
-            entries = results.pop() if read else []
-            epoch_raw, offset_raw = results.pop()
+            epoch_raw, offset, found, entries = reply
             epoch = epoch_raw.decode() if epoch_raw else ""
-            offset = int(offset_raw or 0)
+            offset = int(offset)
             if waiter is not None:
                 try:
                     ordered = await asyncio.wait_for(waiter, SUBSCRIBE_WAIT)
@@ -791,17 +788,12 @@ class RedisBroker:
         finally:
             if barrier is not None:
                 self._barriers.pop(barrier, None)
-        if offset_raw is None:
-            # Nothing published in this epoch yet: stream entries can only be left
-            # from an earlier history whose meta was lost alone (e.g. evicted).
-            entries = []
-        retained = [fields for _, fields in entries]
-        selected, recovered = page_of(retained, since=since, limit=limit, id_of=_entry_id)
-        messages = [Encoded.stored(fields[b"p"]) for fields in selected]
+        # Entries are [entry id, [b"i", id, b"p", payload]], oldest first.
+        messages = [Encoded.stored(fields[3]) for _, fields in entries]
         return HistoryPage(
-            room=room, epoch=epoch, offset=offset, messages=messages, recovered=recovered
+            room=room,
+            epoch=epoch,
+            offset=offset,
+            messages=messages,
+            recovered=since is not None and found == 1,
         )
-
-
-def _entry_id(fields: dict[bytes, bytes]) -> str:
-    return fields[b"i"].decode()

@@ -15,6 +15,7 @@ __all__ = [
     "PRESENCE_STATUS",
     "PUBLISH",
     "READ_AFTER",
+    "READ_PAGE",
 ]
 
 PUBLISH: Final = """
@@ -62,6 +63,63 @@ end
 -- Subscribers get the epoch in front of the payload: "<epoch> <payload>".
 redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. payload)
 return {offset, epoch, 0}
+"""
+
+READ_PAGE: Final = """
+-- KEYS: meta, stream, ids
+-- ARGV: since id ('' = none), limit (-1 = none), epoch to create if none (''
+--       when history is off), meta ttl (s, 0 = none), channel and token of an
+--       ordering barrier ('' = none)
+-- Returns {epoch or false, newest offset, 1 if since was found else 0, entries},
+-- entries oldest first: after since (at most limit), or the newest limit ones.
+-- Costs O(limit), not O(history): the id is found through KEYS[3].
+if ARGV[3] ~= '' then
+  redis.call('HSETNX', KEYS[1], 'epoch', ARGV[3])
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('EXPIRE', KEYS[1], ARGV[4], 'NX')
+  end
+end
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+local newest = tonumber(meta[2] or '0')
+local limit = tonumber(ARGV[2])
+local found = 0
+local entries = {}
+if meta[2] then
+  if ARGV[1] ~= '' then
+    local at = redis.call('HGET', KEYS[3], ARGV[1])
+    if at and limit ~= 0 then
+      if limit > 0 then
+        entries = redis.call('XRANGE', KEYS[2], '(' .. at .. '-0', '+', 'COUNT', limit)
+      else
+        entries = redis.call('XRANGE', KEYS[2], '(' .. at .. '-0', '+')
+      end
+    end
+    -- Found only if the history really continues right after it (no hole).
+    if at then
+      local next_id = (tonumber(at) + 1) .. '-0'
+      if (#entries > 0 and entries[1][1] == next_id) or (#entries == 0 and
+          (tonumber(at) == newest or #redis.call('XRANGE', KEYS[2], next_id, next_id) > 0)) then
+        found = 1
+      else
+        entries = {}
+      end
+    end
+  elseif limit ~= 0 then
+    if limit > 0 then
+      entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit)
+    else
+      entries = redis.call('XREVRANGE', KEYS[2], '+', '-')
+    end
+    local n = #entries
+    for i = 1, math.floor(n / 2) do
+      entries[i], entries[n - i + 1] = entries[n - i + 1], entries[i]
+    end
+  end
+end
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+end
+return {meta[1], newest, found, entries}
 """
 
 READ_AFTER: Final = """
