@@ -528,6 +528,7 @@ class RunResult:
     timeline: dict[str, float]
     on_b: int = 0  # readers connected to pod B when it was killed
     error: str | None = None
+    feed: dict[str, float] | None = None  # pod A's subscriber and repair counters
 
     @property
     def clean(self) -> bool:
@@ -594,6 +595,28 @@ async def last_stored_offset(pod: Pod, room: str) -> int:
     return int(messages[-1]["offset"]) if messages else 0
 
 
+FEED_METRICS = (
+    "realtime_redis_subscriber_drops_total",
+    "realtime_redis_reconnects_total",
+    "realtime_gap_repairs_total",
+    "realtime_gap_repaired_messages_total",
+    "realtime_gap_lost_messages_total",
+    "realtime_duplicates_dropped_total",
+)
+
+
+async def feed_metrics(pod: Pod) -> dict[str, float]:
+    """Pod ``pod``'s subscriber and repair counters (those its version has)."""
+    async with httpx.AsyncClient(base_url=pod.http, timeout=5.0) as http:
+        text = (await http.get("/metrics")).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in FEED_METRICS:
+            out[name] = float(value)
+    return out
+
+
 async def drill(cluster: Cluster, args: argparse.Namespace, seed: int) -> RunResult:
     loop = asyncio.get_running_loop()
     pod_a, pod_b = cluster.pods
@@ -653,6 +676,7 @@ async def drill(cluster: Cluster, args: argparse.Namespace, seed: int) -> RunRes
             publisher.room.stored = await last_stored_offset(pod_a, publisher.room.name)
             await publisher.read_for(QUIET_READ)
         await asyncio.gather(*(r.final(args.final_wait) for r in readers))
+        feed = await feed_metrics(pod_a)
     finally:
         for task in tasks:
             task.cancel()
@@ -661,7 +685,7 @@ async def drill(cluster: Cluster, args: argparse.Namespace, seed: int) -> RunRes
     results = [analyze(room, [c for c in clients if c.room is room]) for room in rooms]
     on_b = timeline.pop("readers on B", 0)
     times = {k: v - start for k, v in timeline.items()}
-    return RunResult(seed, results, times, int(on_b))
+    return RunResult(seed, results, times, int(on_b), feed=feed)
 
 
 # ----------------------------------------------------------------------------- report
@@ -689,6 +713,12 @@ def print_run(index: int, runs: int, result: RunResult, args: argparse.Namespace
             f"| {r.room} | {r.messages} | {r.reconnects} | {r.duplicates} | {r.gaps} "
             f"| {r.unrecovered} | {r.epoch_changes} | {r.failures} | {closes} |"
         )
+    if result.feed is not None:
+        counters = ", ".join(
+            f"{name.removeprefix('realtime_').removesuffix('_total')} {value:g}"
+            for name, value in result.feed.items()
+        )
+        print(f"pod A: {counters or 'no subscriber/repair counters (an older version)'}")
     for line in [i for r in result.rooms for i in r.info][: args.details]:
         print(f"  - (info) {line}")
     anomalies = [a for r in result.rooms for a in r.anomalies]

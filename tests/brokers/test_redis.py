@@ -168,8 +168,39 @@ async def test_history_stream_is_bounded_by_history_size(redis_url: str, redis: 
         assert [entry_id.decode() for entry_id, _ in entries] == [f"{n}-0" for n in range(8, 13)]
         assert [fields[b"i"].decode() for _, fields in entries] == [m.id for m in stored[7:]]
         assert await redis.hget(meta, "offset") == b"12"
-        for key in (meta, stream):
+        # The id -> offset index (idempotent publish, O(page) history reads) keeps
+        # exactly the retained messages.
+        ids = f"{broker.prefix}:ids:{{{room}}}"
+        assert await redis.hgetall(ids) == {
+            m.id.encode(): str(m.offset).encode() for m in stored[7:]
+        }
+        for key in (meta, stream, ids):
             assert 0 < await redis.ttl(key) <= 60
+        page = await broker.history(room, since=stored[8].id, limit=2)
+        assert page.recovered is True
+        assert [e.message.offset for e in page.messages if e.message] == [10, 11]
+        newest = await broker.history(room, limit=3)
+        assert [e.message.offset for e in newest.messages if e.message] == [10, 11, 12]
+        evicted = await broker.history(room, since=stored[6].id)
+        assert evicted.recovered is False
+        assert evicted.messages == []
+
+
+async def test_a_hole_in_the_history_is_not_recovered(redis_url: str, redis: Redis) -> None:
+    # If an entry after ``since`` is missing, replaying the rest would be a silent gap.
+    room = new_room()
+    factory = MessageFactory()
+    async with started(redis_url) as broker:
+        stored = [await broker.publish(chat(factory, room, f"m{i}")) for i in range(5)]
+        assert await redis.xdel(f"{broker.prefix}:history:{{{room}}}", "3-0") == 1
+        hole = await broker.history(room, since=stored[1].id)
+        assert hole.recovered is False
+        assert hole.messages == []
+        after = await broker.history(room, since=stored[2].id)  # 3 itself is gone
+        assert after.recovered is True
+        assert [e.message.offset for e in after.messages if e.message] == [4, 5]
+        latest = await broker.history(room, since=stored[4].id)
+        assert (latest.recovered, latest.messages, latest.offset) == (True, [], 5)
 
 
 async def test_epoch_changes_after_the_room_keys_are_lost(
