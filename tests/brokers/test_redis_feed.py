@@ -161,6 +161,20 @@ def test_a_held_overflow_reads_the_history_again() -> None:
     assert offsets(out) == [6, 7, 8, 9] and repair.done
 
 
+def test_the_held_budget_is_shared_by_every_repairing_room() -> None:
+    size = len(msg(1).payload)
+    feed = Feed(max_held_bytes=3 * size)
+    for room in ("a", "b"):
+        feed.receive(room, "e", msg(1, room=room))
+        feed.receive(room, "e", msg(3, room=room))  # a gap: both rooms hold one
+    assert feed.held_bytes == 2 * size
+    feed.receive("a", "e", msg(4, room="a"))  # the budget is now full
+    feed.receive("b", "e", msg(4, room="b"))  # b drops what it holds instead
+    assert feed.held_bytes == 3 * size - size  # a keeps 2, b keeps nothing
+    feed.forget("a")
+    assert feed.held_bytes == 0
+
+
 def test_a_baseline_behind_the_history_starts_a_repair() -> None:
     feed = Feed()
     assert feed.baseline(ROOM, "e", 5) is False  # no position yet: starts there
@@ -233,3 +247,4 @@ def test_every_offset_comes_out_exactly_once_in_order(events: list[object]) -> N
     for _ in range(3):
         read()
     assert delivered == list(range(1, published + 1))
+    assert feed.held_bytes == 0  # nothing is left held once live again

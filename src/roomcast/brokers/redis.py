@@ -651,16 +651,18 @@ class RedisBroker:
                     _log.debug("history read for a repair failed", extra={"error": str(exc)})
                     replies = [exc] * len(due)
                 # No await from here to the deliveries: the feed decides in order.
-                self._apply_repairs(due, replies)
-                if any(isinstance(reply, BaseException) for reply in replies):
-                    await asyncio.sleep(_RETRY_PAUSE)
+                if not self._apply_repairs(due, replies):
+                    await asyncio.sleep(_RETRY_PAUSE)  # some failed: they are due again
 
-    def _apply_repairs(self, due: list[tuple[str, int]], replies: list[Any]) -> None:
+    def _apply_repairs(self, due: list[tuple[str, int]], replies: list[Any]) -> bool:
+        # Returns False if a read failed (or nobody takes deliveries right now).
         feed = self._feed
         handler = self._handler
+        ok = True
         for (room, _), reply in zip(due, replies, strict=True):
             if isinstance(reply, BaseException) or handler is None:
                 feed.failed(room)
+                ok = False
                 continue
             epoch_raw, _, entries = reply
             messages = []
@@ -679,6 +681,7 @@ class RedisBroker:
             handler.handle_duplicates(feed.duplicates)
         feed.duplicates = 0
         self._settle_repair_waiters()
+        return ok
 
     def _settle_repair_waiters(self, *, everything: bool = False) -> None:
         for room in list(self._repair_waiters):

@@ -88,14 +88,16 @@ class Feed:
     """Per-room positions and repairs of one pod's subscriber (see the module doc).
 
     Args:
-        max_held_bytes: payload bytes held per repairing room; beyond, held
-            publications are dropped and the history is read again (retained
-            messages are all in it; messages without an offset, such as
-            presence, are lost then).
+        max_held_bytes: payload bytes held over all repairing rooms; a room whose
+            next publication would pass it drops what it holds and reads the
+            history again later (retained messages are all in it; messages
+            without an offset, such as presence, are lost then).
     """
 
-    def __init__(self, *, max_held_bytes: int = 8 << 20) -> None:
+    def __init__(self, *, max_held_bytes: int = 32 << 20) -> None:
         self.max_held_bytes = max_held_bytes
+        self.held_bytes = 0
+        """Payload bytes held now, over all repairing rooms."""
         self.positions: dict[str, Position] = {}
         self._repairing: dict[str, _Held] = {}
         self.wanted = False
@@ -137,13 +139,18 @@ class Feed:
 
     def _hold(self, held: _Held, epoch: str | None, encoded: Encoded) -> None:
         size = len(encoded.payload)
-        if held.bytes + size > self.max_held_bytes:
-            held.items.clear()
-            held.bytes = 0
+        if self.held_bytes + size > self.max_held_bytes:
+            self._release(held)
             held.overflowed = True
             return
         held.items.append((epoch, encoded))
         held.bytes += size
+        self.held_bytes += size
+
+    def _release(self, held: _Held) -> None:
+        self.held_bytes -= held.bytes
+        held.items = []
+        held.bytes = 0
 
     # -- positions and subscriptions -------------------------------------------------
 
@@ -191,7 +198,9 @@ class Feed:
     def forget(self, room: str) -> None:
         """The pod unsubscribed from ``room``: drop its position and anything held."""
         self.positions.pop(room, None)
-        self._repairing.pop(room, None)
+        held = self._repairing.pop(room, None)
+        if held is not None:
+            self._release(held)
 
     # -- repairs ----------------------------------------------------------------------------
 
@@ -260,6 +269,7 @@ class Feed:
         # Live again: the held publications follow, each decided as if it had just come.
         del self._repairing[room]
         items = held.items
+        self._release(held)
         for index, (item_epoch, encoded) in enumerate(items):
             if stale is not None and item_epoch == stale:
                 continue
