@@ -568,7 +568,7 @@ class Hub:
         message.ref = msg.ref
         hook = conn.config.on_message
         if hook is None:
-            self.broker.publish(message)
+            self._publish_from(conn, message)
             return None
         try:
             result = hook(conn, message)
@@ -578,7 +578,7 @@ class Hub:
         if inspect.isawaitable(result):
             return self._chat_async(conn, result)
         if result is not None:
-            self.broker.publish(result)
+            self._publish_from(conn, result)
         return None
 
     async def _chat_async(self, conn: Connection, pending: Awaitable[Message | None]) -> None:
@@ -588,7 +588,15 @@ class Hub:
             _log.exception("on_message hook failed; message dropped", extra={"conn_id": conn.id})
             return
         if result is not None and not conn.closed:
-            self.broker.publish(result)
+            self._publish_from(conn, result)
+
+    def _publish_from(self, conn: Connection, message: Message) -> None:
+        # A message that cannot be encoded (a hook's result, say) gets its sender
+        # an invalid_message error; nothing is stored or delivered.
+        try:
+            self.broker.publish(message)
+        except ProtocolError as exc:
+            self.send_error(conn, exc)
 
     async def _join(
         self,
@@ -658,7 +666,7 @@ class Hub:
         )
         if came_online:
             online = PresenceStatus.ONLINE
-            self.broker.publish(self.messages.presence(room, conn.user_id, online, info=conn.info))
+            self._announce(self.messages.presence(room, conn.user_id, online, info=conn.info))
 
     def _reply_joined(
         self, conn: Connection, room: str, ref: str | None, *, recovered: bool, **extra: Any
@@ -726,7 +734,7 @@ class Hub:
             room, user_id=conn.user_id, conn_id=conn.id
         )
         if went_offline and self.started:
-            self.broker.publish(self.messages.presence(room, conn.user_id, PresenceStatus.OFFLINE))
+            self._announce(self.messages.presence(room, conn.user_id, PresenceStatus.OFFLINE))
         if last_local:
             self._release(room)
 
@@ -734,9 +742,7 @@ class Hub:
         conn.status = status
         for room in rooms:
             if await self.broker.presence.set_status(room, user_id=conn.user_id, status=status):
-                self.broker.publish(
-                    self.messages.presence(room, conn.user_id, status, info=conn.info)
-                )
+                self._announce(self.messages.presence(room, conn.user_id, status, info=conn.info))
 
     def _auth(self, conn: Connection, msg: ClientMessage) -> Awaitable[None] | None:
         # Token refresh: the same authenticator, the same user, a later expiry.
@@ -831,6 +837,14 @@ class Hub:
             for held in recovering.values():
                 held.append(encoded)
 
+    def _announce(self, message: Message) -> None:
+        # A server event (presence) whose payload cannot be encoded, e.g. an
+        # authenticator's ``info`` that is not JSON: logged, not sent.
+        try:
+            self.broker.publish(message)
+        except ProtocolError as exc:
+            _log.error("cannot announce %s: %s", message.type.value, exc.detail)
+
     def handle_publish_error(self, message: Message, exc: BaseException) -> None:
         """Degrade gracefully: count, warn, and deliver ``message`` to local members."""
         self.metrics.redis_publish_errors.inc()
@@ -874,7 +888,7 @@ class Hub:
     def handle_presence_expired(self, room: str, user_id: str) -> None:
         """Announce that a user of a vanished pod went offline in ``room``."""
         if self.started:
-            self.broker.publish(self.messages.presence(room, user_id, PresenceStatus.OFFLINE))
+            self._announce(self.messages.presence(room, user_id, PresenceStatus.OFFLINE))
 
     # -- application API --------------------------------------------------------------------
 
@@ -885,7 +899,9 @@ class Hub:
         stored, with ``offset`` set when the room retains it.
 
         Raises:
-            ProtocolError: ``invalid_room`` for a bad room name.
+            ProtocolError: ``invalid_room`` for a bad room name,
+                ``invalid_message`` if it cannot be encoded as JSON (nothing
+                is stored or delivered).
             HubClosed: the hub is not running.
         """
         if message.room is not None:

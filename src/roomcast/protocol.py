@@ -25,6 +25,7 @@ from roomcast.errors import ErrorCode, ProtocolError
 
 __all__ = [
     "CLIENT_TYPES",
+    "MAX_DEPTH",
     "RETAINED_TYPES",
     "ClientMessage",
     "Encoded",
@@ -83,6 +84,13 @@ CLIENT_STATUSES: Final = frozenset({PresenceStatus.ONLINE, PresenceStatus.AWAY})
 """Presence statuses a client may set for itself."""
 
 MAX_REF_LENGTH: Final = 64
+
+MAX_DEPTH: Final = 64
+"""Deepest nesting of arrays and objects a client message may hold (``data`` included).
+
+The JSON parser reads 1,024 levels but the encoder writes about 250; a message
+between the two would parse and then fail to go out, so it is refused up front.
+"""
 MAX_ROOM_LENGTH: Final = 128
 _ROOM_RE: Final = re.compile(r"[A-Za-z0-9_\-.:@]{1,128}")
 
@@ -173,8 +181,18 @@ class Message:
 
 
 def encode(message: Message) -> bytes:
-    """Serialize ``message`` to its JSON wire form (UTF-8 bytes)."""
-    return orjson.dumps(message.to_dict())
+    """Serialize ``message`` to its JSON wire form (UTF-8 bytes).
+
+    Raises:
+        ProtocolError: ``invalid_message`` if it cannot be encoded (``data``
+            nested too deeply, or holding values that are not JSON).
+    """
+    try:
+        return orjson.dumps(message.to_dict())
+    except (orjson.JSONEncodeError, TypeError, ValueError) as exc:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"message cannot be encoded as JSON: {exc}", ref=message.ref
+        ) from None
 
 
 class Encoded:
@@ -286,6 +304,20 @@ def parse(raw: bytes | str) -> ClientMessage:
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE, f"message must be a JSON object, not {_kind(obj)}"
         )
+    # Nesting can be no deeper than the brackets counted (a C-speed scan); only a
+    # frame with many of them is measured.
+    brackets = (
+        raw.count("[") + raw.count("{")
+        if isinstance(raw, str)
+        else raw.count(b"[") + raw.count(b"{")
+    )
+    if brackets > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+        ref = obj.get("ref")
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"message nests arrays/objects more than {MAX_DEPTH} levels deep",
+            ref=ref if isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH else None,
+        )
 
     ref = obj.get("ref")
     if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_REF_LENGTH):
@@ -337,6 +369,26 @@ def parse(raw: bytes | str) -> ClientMessage:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "auth needs data.token", ref=ref)
 
     return ClientMessage(type=type_, room=room, data=data, ref=ref, last_id=last_id)
+
+
+def _depth(obj: object) -> int:
+    # Deepest nesting of lists and dicts in ``obj`` (iterative: no recursion limit).
+    deepest = 0
+    stack: list[tuple[object, int]] = [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if level > deepest:
+            deepest = level
+            if deepest > MAX_DEPTH:
+                return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _kind(obj: object) -> str:

@@ -11,7 +11,8 @@ default) and the Redis broker (many pods). One conformance suite
 (``tests/brokers/conformance.py``) runs against each.
 
 Call order: :meth:`Broker.start` once, then any other method, then
-:meth:`Broker.close` once. ``publish`` never raises: a failure is reported to
+:meth:`Broker.close` once. ``publish`` raises only for a message that cannot be
+encoded; a failure to publish is reported to
 :meth:`BrokerHandler.handle_publish_error`, which degrades gracefully.
 """
 
@@ -213,7 +214,12 @@ class Broker(Protocol):
 
         Retained messages (:attr:`Message.retained`) are appended to the room's
         history first and get their ``offset``. Publications from one caller are
-        handed back in the order they were published. Never raises.
+        handed back in the order they were published. Failures to reach other
+        pods never raise (see :class:`BrokerHandler`).
+
+        Raises:
+            ProtocolError: ``invalid_message`` if the message cannot be encoded;
+                nothing is stored, no offset is taken, nothing is delivered.
 
         Returns:
             An awaitable (the caller need not await it) that gives the message as

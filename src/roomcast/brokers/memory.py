@@ -24,7 +24,7 @@ from roomcast.brokers.base import (
     RoomStats,
     page_of,
 )
-from roomcast.errors import HubClosed
+from roomcast.errors import HubClosed, ProtocolError
 from roomcast.protocol import RETAINED_TYPES, Encoded, Message, PresenceStatus, encode
 
 __all__ = ["MemoryBroker", "MemoryPresence"]
@@ -117,6 +117,10 @@ class MemoryBroker:
         """Append ``message`` to its room's history if retained, then hand it back.
 
         Both happen within the call; the returned awaitable is already done.
+
+        Raises:
+            ProtocolError: ``invalid_message`` if it cannot be encoded (nothing
+                is stored or delivered).
         """
         handler = self._handler
         if handler is None:
@@ -124,10 +128,14 @@ class MemoryBroker:
         room = message.room
         if room is not None and self._history_size and message.type in RETAINED_TYPES:
             stream = self._open(room, now := self._clock())
+            message.offset = stream.offset + 1
+            try:
+                payload = encode(message)
+            except ProtocolError:
+                message.offset = None  # nothing taken: the next message gets this offset
+                raise
             stream.touched = now
             stream.offset += 1
-            message.offset = stream.offset
-            payload = encode(message)
             stream.entries.append((message.id, payload))
         else:
             payload = encode(message)

@@ -300,9 +300,17 @@ class RedisBroker:
     # -- publishing ---------------------------------------------------------------------------
 
     def publish(self, message: Message) -> asyncio.Future[Message]:
-        """Queue ``message`` for the writer; see :meth:`roomcast.brokers.base.Broker.publish`."""
+        """Queue ``message`` for the writer; see :meth:`roomcast.brokers.base.Broker.publish`.
+
+        Raises:
+            ProtocolError: ``invalid_message`` if it cannot be encoded (nothing
+                is queued).
+        """
+        payload = encode(message)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Publication(message, future))
+        publication = _Publication(message, future)
+        publication.payload = payload
+        self._queue.append(publication)
         self._wake.set()
         return future
 
@@ -323,17 +331,11 @@ class RedisBroker:
                 await self._send(self._take_batch(queue))
 
     def _take_batch(self, queue: deque[_Publication]) -> list[_Publication]:
-        # Up to _BATCH publications or _BATCH_BYTES of payload, encoded once here.
+        # Up to _BATCH publications or _BATCH_BYTES of payload (at least one).
         batch: list[_Publication] = []
         size = 0
         while queue and len(batch) < _BATCH and size < _BATCH_BYTES:
             publication = queue.popleft()
-            try:
-                publication.payload = encode(publication.message)
-            except Exception:  # an unencodable message goes nowhere; the writer goes on
-                _log.exception("dropping a message that cannot be encoded")
-                publication.settle()
-                continue
             size += len(publication.payload)
             batch.append(publication)
         return batch
