@@ -62,6 +62,7 @@ from roomcast.protocol import (
 )
 from roomcast.recovery import merge
 from roomcast.registry import Registry
+from roomcast.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -205,7 +206,7 @@ class Hub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flusher: Flusher | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._keepalive: asyncio.Task[None] | None = None
+        self._loops = Supervisor(on_failure=self.handle_loop_failure)
         # Connections being attached (welcome not sent yet) -> messages held for them.
         self._attaching: dict[Connection, list[Encoded]] = {}
         # Room -> connections catching up on it -> messages held for them.
@@ -258,7 +259,7 @@ class Hub:
     @property
     def ready(self) -> bool:
         """Whether the hub takes traffic: started, not draining, broker reachable."""
-        return self.started and not self.draining and self.broker.ready
+        return self.started and not self.draining and self.broker.ready and not self._loops.down
 
     async def start(self) -> None:
         """Start the broker and the keepalive sweeper. Call once."""
@@ -269,7 +270,7 @@ class Hub:
         self.draining = False
         await self.broker.start(self)
         await self.gate.user_connections.start()
-        self._keepalive = self._loop.create_task(self._sweep(), name="roomcast-keepalive")
+        self._loops.start("keepalive", self._sweep)
 
     async def close(self, *, code: int = CloseCode.SERVICE_RESTART, grace: float = 5.0) -> None:
         """Close every connection with ``code`` (1012 by default), then stop the broker.
@@ -286,10 +287,7 @@ class Hub:
             await asyncio.sleep(0.02)
         for conn in list(self.registry.connections.values()):
             conn.abort()
-        if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
+        await self._loops.close()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
         for task in list(self._tasks):
@@ -862,6 +860,10 @@ class Hub:
             "broker publish outcome unknown; not delivered locally (Redis may have)",
             extra={"room": message.room, "error": str(exc)},
         )
+
+    def handle_loop_failure(self, name: str, exc: BaseException) -> None:
+        """Count a background loop that failed (it was logged and is restarted)."""
+        self.metrics.task_failures.labels(task=name).inc()
 
     def handle_reconnect(self) -> None:
         """Count a broker subscriber reconnection."""

@@ -141,6 +141,12 @@ class Metrics:
             "Publications dropped because their offset was already delivered.",
             registry=r,
         )
+        self.task_failures = Counter(
+            "realtime_task_failures",
+            "Background loops that raised and were restarted, by task.",
+            ["task"],
+            registry=r,
+        )
         self.slow_consumers = Counter(
             "realtime_slow_consumer_disconnects",
             "Connections closed with 4008 because their send queue filled.",

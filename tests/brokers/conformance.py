@@ -49,6 +49,7 @@ class Recorder:
         self.errors: list[tuple[Message, BaseException]] = []
         self.unknown: list[tuple[Message, BaseException]] = []
         self.reconnects = 0
+        self.loop_failures: list[tuple[str, BaseException]] = []
         self.subscriber_drops = 0
         self.repairs: list[tuple[str, int, int]] = []
         self.duplicates = 0
@@ -62,6 +63,9 @@ class Recorder:
 
     def handle_publish_unknown(self, message: Message, exc: BaseException) -> None:
         self.unknown.append((message, exc))
+
+    def handle_loop_failure(self, name: str, exc: BaseException) -> None:
+        self.loop_failures.append((name, exc))
 
     def handle_reconnect(self) -> None:
         self.reconnects += 1

@@ -101,6 +101,16 @@ def test_a_failed_read_is_due_again() -> None:
     assert feed.due() == [(ROOM, 1)]
 
 
+def test_reads_lost_with_their_reader_are_due_again() -> None:
+    feed = Feed()
+    feed.receive(ROOM, "e", msg(1))
+    feed.receive(ROOM, "e", msg(3))
+    assert feed.due() == [(ROOM, 1)]
+    assert feed.due() == []
+    feed.reread()
+    assert feed.due() == [(ROOM, 1)]
+
+
 def test_an_incomplete_read_continues_from_where_it_ended() -> None:
     feed = Feed()
     feed.receive(ROOM, "e", msg(1))

@@ -52,6 +52,9 @@ class BrokerHandler(Protocol):
         """Whether ``message`` was published is unknown (no reply came, and it is
         not retried); it is not delivered locally, since Redis may have. Count, log."""
 
+    def handle_loop_failure(self, name: str, exc: BaseException) -> None:
+        """Background loop ``name`` raised ``exc`` (logged already; it is restarted)."""
+
     def handle_reconnect(self) -> None:
         """The broker's subscriber reconnected (and resubscribed); count it."""
 

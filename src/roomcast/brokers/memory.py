@@ -8,7 +8,6 @@ exactly once, in history order, with no extra task or copy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
 from collections import deque
@@ -26,6 +25,7 @@ from roomcast.brokers.base import (
 )
 from roomcast.errors import HubClosed, ProtocolError
 from roomcast.protocol import RETAINED_TYPES, Encoded, Message, PresenceStatus, encode
+from roomcast.supervisor import Supervisor
 
 __all__ = ["MemoryBroker", "MemoryPresence"]
 
@@ -90,27 +90,28 @@ class MemoryBroker:
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
         self._handler: BrokerHandler | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._loops = Supervisor(on_failure=self._loop_failed)
 
     @property
     def ready(self) -> bool:
-        """Always True while started: there is nothing to be unreachable."""
-        return self._handler is not None
+        """True while started (there is nothing to be unreachable) and no loop is down."""
+        return self._handler is not None and not self._loops.down
 
     async def start(self, handler: BrokerHandler) -> None:
         """Start delivering publications to ``handler``."""
         self._handler = handler
         if self._history_size and self._history_ttl:
-            self._sweeper = asyncio.create_task(self._sweep(), name="roomcast-history-sweeper")
+            self._loops.start("history-sweeper", self._sweep)
+
+    def _loop_failed(self, name: str, exc: BaseException) -> None:
+        handler = self._handler
+        if handler is not None:
+            handler.handle_loop_failure(name, exc)
 
     async def close(self) -> None:
         """Stop delivering and drop every history."""
         self._handler = None
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await self._loops.close()
         self._streams.clear()
 
     def publish(self, message: Message) -> Awaitable[Message]:

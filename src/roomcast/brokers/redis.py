@@ -68,6 +68,7 @@ from roomcast.brokers.redis_presence import RedisPresence
 from roomcast.brokers.redis_scripts import PUBLISH, READ_AFTER, READ_PAGE
 from roomcast.errors import BrokerUnavailable, ProtocolError
 from roomcast.protocol import Encoded, Message, encode
+from roomcast.supervisor import Supervisor
 
 __all__ = ["RedisBroker"]
 
@@ -181,7 +182,8 @@ class RedisBroker:
         self._wake = asyncio.Event()
         self._rooms: set[str] = set()
         self._pubsub: PubSub | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loops = Supervisor(on_failure=self._loop_failed)
+        self._inflight: list[_Publication] = []
         self._subscriber_ok = False
         self._commands_ok = False
         self._last_probe_seen = 0.0
@@ -231,7 +233,12 @@ class RedisBroker:
     @property
     def ready(self) -> bool:
         """True while commands succeed and the subscriber is connected and healthy."""
-        return self._handler is not None and self._commands_ok and self._subscriber_ok
+        return (
+            self._handler is not None
+            and self._commands_ok
+            and self._subscriber_ok
+            and not self._loops.down
+        )
 
     async def start(self, handler: BrokerHandler) -> None:
         """Connect, then run the writer, subscriber, repair, health and presence tasks."""
@@ -243,14 +250,37 @@ class RedisBroker:
         except (RedisError, OSError) as exc:
             _log.warning("Redis unreachable at start; will keep trying", extra={"error": str(exc)})
         self._last_probe_seen = time.monotonic()
-        for coro, name in (
-            (self._write_loop(), "writer"),
-            (self._subscribe_loop(), "subscriber"),
-            (self._repair_loop(), "repair"),
-            (self._health_loop(), "health"),
-            (self._presence_loop(), "presence"),
-        ):
-            self._tasks.append(asyncio.create_task(coro, name=f"roomcast-redis-{name}"))
+        loops = self._loops
+        loops.start("redis-writer", self._write_loop, recover=self._writer_failed)
+        loops.start("redis-subscriber", self._subscribe_loop, recover=self._subscriber_failed)
+        loops.start("redis-repair", self._repair_loop, recover=self._repair_failed)
+        loops.start("redis-health", self._health_loop)
+        loops.start("redis-presence", self._presence_loop)
+
+    def _loop_failed(self, name: str, exc: BaseException) -> None:
+        handler = self._handler
+        if handler is not None:
+            handler.handle_loop_failure(name, exc)
+
+    def _writer_failed(self) -> None:
+        # What the failed run had in hand may or may not have reached Redis.
+        batch, self._inflight = self._inflight, []
+        self._sending = 0
+        self._doubted(
+            batch,
+            [p.message.retained and bool(self.history_size) for p in batch],
+            RuntimeError("the writer failed"),
+        )
+        self._wake.set()
+
+    def _subscriber_failed(self) -> None:
+        # The next run starts a new connection; what it missed is repaired.
+        self._subscriber_ok = False
+        self._pubsub = None
+
+    def _repair_failed(self) -> None:
+        self._feed.reread()  # reads in flight are due again
+        self._repair.set()
 
     async def close(self) -> None:
         """Stop every task and close the connections. Idempotent."""
@@ -258,26 +288,13 @@ class RedisBroker:
             return
         await self._drain_queue(within=2.0)
         self._handler = None
-        for task in self._tasks:
-            task.cancel()
-        # A cancellation can be lost: redis-py wraps socket writes in
-        # asyncio.wait_for, which on Python 3.11 returns the result instead of
-        # raising when the cancel lands just as the write completes. The loop then
-        # goes on and awaiting it would hang forever, so cancel again until done.
-        pending = set(self._tasks)
-        while pending:
-            _, pending = await asyncio.wait(pending, timeout=0.1)
-            for task in pending:
-                task.cancel()
-        for task in self._tasks:
-            if not task.cancelled():
-                task.exception()  # retrieve it: nothing to do with it while closing
-        self._tasks.clear()
+        await self._loops.close()
         # Nobody waits forever on what is left.
-        for publication in (*self._queue, *self._in_doubt):
+        for publication in (*self._queue, *self._in_doubt, *self._inflight):
             publication.settle()
         self._queue.clear()
         self._in_doubt.clear()
+        self._inflight.clear()
         for waiter in self._barriers.values():
             if not waiter.done():
                 waiter.set_result(False)
@@ -363,10 +380,10 @@ class RedisBroker:
         if not batch:
             return
         self._sending = len(batch)
-        try:
-            await self._send_batch(batch)
-        finally:
-            self._sending = 0
+        self._inflight = batch
+        await self._send_batch(batch)
+        self._inflight = []
+        self._sending = 0
         if self._in_doubt:
             self._retry_at = time.monotonic() + _RETRY_PAUSE
             self._wake.set()

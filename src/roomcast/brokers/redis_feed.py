@@ -214,6 +214,13 @@ class Feed:
                 out.append((room, self.positions[room].offset))
         return out
 
+    def reread(self) -> None:
+        """Reads in flight were lost (the reader failed): every ready room is due again."""
+        for held in self._repairing.values():
+            held.reading = False
+            if held.ready:
+                self.wanted = True
+
     def failed(self, room: str) -> None:
         """The history read of ``room`` failed: it stays repairing, to be read again."""
         held = self._repairing.get(room)

@@ -20,9 +20,11 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
+
+from roomcast.supervisor import Supervisor
 
 __all__ = ["USER_ACQUIRE", "RedisUserConnections"]
 
@@ -69,7 +71,8 @@ class RedisUserConnections:
         self._acquire = client.register_script(USER_ACQUIRE)
         # This pod's slots: user id -> slot ids.
         self._local: dict[str, set[str]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loops = Supervisor()
+        self._started = False
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisUserConnections:
@@ -95,20 +98,14 @@ class RedisUserConnections:
 
     async def start(self) -> None:
         """Start refreshing this pod's slots every ``ttl / 3`` seconds."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._refresh_loop(), name="roomcast-redis-users")
+        if not self._started:
+            self._started = True
+            self._loops.start("redis-users", self._refresh_loop)
 
     async def close(self) -> None:
         """Stop refreshing; close the client if this object made it. Idempotent."""
-        task, self._task = self._task, None
-        if task is not None:
-            # Cancel until done: redis-py's wait_for can swallow a cancellation
-            # that lands just as a socket write completes (Python 3.11).
-            while not task.done():
-                task.cancel()
-                await asyncio.wait((task,), timeout=0.1)
-            if not task.cancelled():
-                task.exception()  # retrieve it; nothing to do with it while closing
+        self._started = False
+        await self._loops.close()
         if self._owns_client:
             self._owns_client = False
             with contextlib.suppress(Exception):
