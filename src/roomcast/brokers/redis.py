@@ -51,6 +51,7 @@ import logging
 import math
 import random
 import secrets
+import select
 import time
 from collections import deque
 from typing import Any
@@ -394,14 +395,23 @@ class RedisBroker:
             # for a connect timeout; the health loop notices when Redis is back.
             self._not_sent(batch, BrokerUnavailable("Redis is unreachable"))
             return
-        # Let the loop read what is pending on the sockets first: a pooled
-        # connection the server closed meanwhile is then seen as closed (and
-        # replaced, or found unreachable) before anything is written to it.
-        await asyncio.sleep(0)
+        pool = self._writer.connection_pool
         try:
             # Connecting first tells "nothing was sent" apart from "no reply".
-            connection = await self._writer.connection_pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]
+            connection = await pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]
         except (RedisError, OSError) as exc:
+            self._commands_ok = False
+            self._not_sent(batch, exc)
+            return
+        try:
+            if _closed_by_peer(connection):
+                # The server closed this pooled connection while it was idle,
+                # before anything was written to it: replace it; if that fails,
+                # nothing was sent.
+                await connection.disconnect()
+                await connection.connect()
+        except (RedisError, OSError) as exc:
+            await pool.release(connection)
             self._commands_ok = False
             self._not_sent(batch, exc)
             return
@@ -819,3 +829,23 @@ class RedisBroker:
             messages=messages,
             recovered=since is not None and found == 1,
         )
+
+
+def _closed_by_peer(connection: Any) -> bool:
+    """Whether ``connection``'s socket has something to read while idle: an end of file.
+
+    Looks at the socket itself, not at what the event loop has read from it
+    yet: an idle pooled connection whose server went away shows its end of
+    file (or a reset) here before anything is written to it. False when it
+    cannot tell.
+    """
+    writer = getattr(connection, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is None:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return False
