@@ -276,7 +276,7 @@ async def test_limit_is_capped(serve: Serve, client: Connect) -> None:
 
 async def test_api_key_is_required(serve: Serve) -> None:
     key = secrets.token_urlsafe(16)
-    server = serve("--api-key", key)
+    server = serve(f"--api-key={key}")  # one argument even when the key starts with "-"
     room = fresh_room()
     path = f"/api/rooms/{room}/history"
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}):

@@ -288,7 +288,10 @@ class ApiApp:
         self.hub = hub
         self._api_key = api_key.encode() if api_key else None
         self._insecure = insecure
+        # No redirect to the slash-less (or slashed) path: it would be built from
+        # the client's Host header, before the key check.
         self.router = Router(
+            redirect_slashes=False,
             routes=[
                 Route("/api/publish", self._guard(self.publish), methods=["POST"]),
                 Route("/api/rooms", self._guard(self.rooms), methods=["GET"]),
@@ -297,7 +300,7 @@ class ApiApp:
                 Route("/metrics", self.metrics, methods=["GET"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
-            ]
+            ],
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -339,9 +342,33 @@ class ApiApp:
         return None
 
     async def publish(self, request: Request) -> Response:
-        """Publish ``{"room"?, "type", "data"}``; no room means every connection."""
+        """Publish ``{"room"?, "type", "data", "from"?}``; no room means every connection.
+
+        The body must be ``application/json`` (else 415) of at most the hub's
+        ``max_message_bytes`` (else 413). ``from`` (speak for a user) is taken
+        only from a caller that presented the API key; without one it is refused.
+        """
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != "application/json":
+            return _error(
+                415,
+                "unsupported_media_type",
+                "the body must be sent as Content-Type: application/json",
+            )
+        limit = self.hub.max_message_bytes
+        too_large = _error(413, "body_too_large", f"the body may be at most {limit} bytes")
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return too_large
+            chunks.append(chunk)
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(b"".join(chunks))
         except orjson.JSONDecodeError:
             return _error(400, ErrorCode.INVALID_JSON.value, "body is not valid JSON")
         if not isinstance(body, dict):
@@ -358,8 +385,17 @@ class ApiApp:
         if room is not None:
             validate_room(room)
         message = Message(type=kind, room=room, data=body.get("data"))
-        if isinstance(body.get("from"), str):
-            message.from_ = body["from"]
+        if "from" in body:
+            sender = body["from"]
+            if not isinstance(sender, str) or not sender or len(sender) > 256:
+                return _error(400, ErrorCode.INVALID_MESSAGE.value, "'from' must be a user id")
+            if self._api_key is None:
+                return _error(
+                    400,
+                    ErrorCode.INVALID_MESSAGE.value,
+                    "'from' (publishing as a user) needs the API key: the insecure API cannot",
+                )
+            message.from_ = sender
         stored = await self.hub.publish(message)
         out: dict[str, Any] = {"id": stored.id, "timestamp": stored.timestamp}
         if stored.offset is not None:
