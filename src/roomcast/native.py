@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from collections.abc import Iterable
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
@@ -35,7 +36,7 @@ except ImportError:  # pragma: no cover - the C extension is missing on this pla
 
 from roomcast.admission import Admission, Refusal
 from roomcast.auth import ConnectRequest
-from roomcast.connection import Connection
+from roomcast.connection import Connection, TokenBucket
 from roomcast.errors import CloseCode, ErrorCode, ProtocolError
 from roomcast.hub import HandlerConfig, Hub
 
@@ -44,6 +45,12 @@ __all__ = ["NativeConnection", "NativeWebSocketProtocol", "protocol_class"]
 _log = logging.getLogger("roomcast.native")
 
 CLOSE_TIMEOUT = 5.0
+
+CONTROL_BURST = 10
+"""Pings a client may send at once; beyond, ``CONTROL_RATE`` per second, else close 1008."""
+
+CONTROL_RATE = 2.0
+"""Pings per second a client may keep sending (each one costs the server a pong)."""
 """Seconds to wait for the client's close frame (or to drain to a slow client)."""
 
 _WAITING = StreamReader.at_eof.__code__
@@ -130,11 +137,13 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         "close_sent",
         "close_timer",
         "conn",
+        "controls",
         "fragment_text",
         "fragments",
         "held",
         "paused",
         "plain",
+        "reading_held",
         "remote",
         "server_connections",
         "transport",
@@ -162,6 +171,11 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.conn: NativeConnection | None = None
         self.paused = False
+        # Reading stops while an admission runs (reading_held) or writes are
+        # paused: a client that does not read cannot make the server buffer for it.
+        self.reading_held = False
+        # Control frames (pings) a client may send: CONTROL_BURST, then CONTROL_RATE/s.
+        self.controls = TokenBucket(CONTROL_RATE, CONTROL_BURST, time.monotonic())
         self.close_sent = False
         self.close_timer: asyncio.TimerHandle | None = None
         self.fragments: list[bytes | bytearray | memoryview] = []
@@ -193,15 +207,29 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             self.hub.detach(conn)
 
     def pause_writing(self) -> None:
-        """The transport buffer is full: frames wait in the connection's pending list."""
+        """The transport buffer is full: frames wait in the pending list, reading stops."""
         self.paused = True
+        self._reading()
 
     def resume_writing(self) -> None:
-        """The transport drained: flush what waited."""
+        """The transport drained: flush what waited, read again."""
         self.paused = False
+        self._reading()
         conn = self.conn
         if conn is not None and conn.pending:
             self.hub.flusher.mark(conn)
+
+    def _reading(self) -> None:
+        # Read from the client only while neither an admission nor a full
+        # outgoing buffer holds it back (every pong, error and reply it could
+        # provoke would otherwise pile up unread).
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.paused or self.reading_held:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         """Parse frames and hand complete text messages to the connection."""
@@ -313,7 +341,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         # An async authenticator or a per-user count in Redis: stop reading from
         # the client until the decision is in, then go on where we left off.
         self.held = []
-        self.transport.pause_reading()
+        self.reading_held = True
+        self._reading()
         task = self.hub.spawn(decision, name="roomcast-admission")
         task.add_done_callback(functools.partial(self.admission_done, request))
 
@@ -333,7 +362,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.decided(request, decision)
         if self.close_sent:
             return
-        self.transport.resume_reading()
+        self.reading_held = False
+        self._reading()
         self.dispatch(held)  # also when empty: it picks the parser for what comes next
 
     def opening(self) -> ServerProtocol:
@@ -401,6 +431,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
                 self.conn.pong(bytes(frame.data))
         elif opcode is Opcode.CLOSE:
             self.close_received()
+        elif not self.controls.take(time.monotonic()):
+            # A ping flood: each one costs a pong; a client has no need for more.
+            self.fail(CloseCode.POLICY_VIOLATION, "too many control frames")
         # PING: the protocol queued the pong; write_protocol_data sends it.
 
     def message_received(self, data: bytes | bytearray | memoryview, text: bool) -> None:
