@@ -420,6 +420,31 @@ class Settings:
             metavar="PER_SECOND",
         ),
     )
+    handshake_timeout: float = field(
+        default=10.0,
+        metadata=_number(
+            "seconds a new TCP connection has to send its complete HTTP request head",
+            group="limits",
+            strict=True,
+        ),
+    )
+    max_header_bytes: int = field(
+        default=16384,
+        metadata=_integer(
+            "largest HTTP request head (request line and headers); larger get HTTP 431",
+            group="limits",
+            low=1024,
+            metavar="BYTES",
+        ),
+    )
+    max_pending_handshakes: int = field(
+        default=1024,
+        metadata=_integer(
+            "connections still sending their request head at once; more are refused",
+            group="limits",
+            low=1,
+        ),
+    )
     max_message_bytes: int = field(
         default=65536,
         metadata=_integer(

@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Mount
 
 from roomcast.auth import JwtAuthenticator
 from roomcast.config import Settings
+from roomcast.httpguard import guarded_http_protocol
 from roomcast.hub import HandlerConfig, Hub
 from roomcast.logs import configure_logging
 from roomcast.native import protocol_class
@@ -110,7 +111,11 @@ def uvicorn_config(hub: Hub, settings: Settings, config: HandlerConfig | None = 
         host=settings.host,
         port=settings.port,
         loop="uvloop" if _has_uvloop() else "asyncio",
-        http="httptools",
+        http=guarded_http_protocol(
+            handshake_timeout=settings.handshake_timeout,
+            max_header_bytes=settings.max_header_bytes,
+            max_pending=settings.max_pending_handshakes,
+        ),
         ws=ws,
         ws_max_size=settings.max_message_bytes,
         ws_ping_interval=settings.ping_interval,
