@@ -64,7 +64,10 @@ class _GuardedHttpProtocol(HttpToolsProtocol):
             # Count what belongs to the head: up to its blank line, if it is here.
             window = self._tail + data
             end = window.find(b"\r\n\r\n")
-            self._head += (len(data) if end < 0 else end + 4 - len(self._tail)) if data else 0
+            if end < 0:
+                self._head += len(data)
+            else:  # the head ends in this read: what follows is the body
+                self._head += end + 4 - len(self._tail)
             self._tail = window[-3:]
             if self._head > self.max_header_bytes:
                 self._refuse(431, b"request head too large")

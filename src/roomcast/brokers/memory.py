@@ -90,7 +90,7 @@ class MemoryBroker:
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
         self._handler: BrokerHandler | None = None
-        self._loops = Supervisor(on_failure=self._loop_failed)
+        self._loops = Supervisor()
 
     @property
     def ready(self) -> bool:
@@ -100,13 +100,9 @@ class MemoryBroker:
     async def start(self, handler: BrokerHandler) -> None:
         """Start delivering publications to ``handler``."""
         self._handler = handler
+        self._loops.on_failure = handler.handle_loop_failure
         if self._history_size and self._history_ttl:
             self._loops.start("history-sweeper", self._sweep)
-
-    def _loop_failed(self, name: str, exc: BaseException) -> None:
-        handler = self._handler
-        if handler is not None:
-            handler.handle_loop_failure(name, exc)
 
     async def close(self) -> None:
         """Stop delivering and drop every history."""

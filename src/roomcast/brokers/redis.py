@@ -99,10 +99,10 @@ class _Publication:
 
     __slots__ = ("doubted", "future", "message", "payload")
 
-    def __init__(self, message: Message, future: asyncio.Future[Message]) -> None:
+    def __init__(self, message: Message, future: asyncio.Future[Message], payload: bytes) -> None:
         self.message = message
         self.future = future
-        self.payload = b""
+        self.payload = payload
         self.doubted: float | None = None
         """When its outcome first became unknown (monotonic seconds), else None."""
 
@@ -179,12 +179,11 @@ class RedisBroker:
         self._queue: deque[_Publication] = deque()
         self._in_doubt: list[_Publication] = []
         self._retry_at = 0.0
-        self._sending = 0  # publications of the batch in flight
         self._wake = asyncio.Event()
         self._rooms: set[str] = set()
         self._pubsub: PubSub | None = None
-        self._loops = Supervisor(on_failure=self._loop_failed)
-        self._inflight: list[_Publication] = []
+        self._loops = Supervisor()
+        self._inflight: list[_Publication] = []  # the batch being sent
         self._subscriber_ok = False
         self._commands_ok = False
         self._last_probe_seen = 0.0
@@ -244,6 +243,7 @@ class RedisBroker:
     async def start(self, handler: BrokerHandler) -> None:
         """Connect, then run the writer, subscriber, repair, health and presence tasks."""
         self._handler = handler
+        self._loops.on_failure = handler.handle_loop_failure
         try:
             await self._client.ping()
             await self._writer.script_load(PUBLISH)
@@ -258,15 +258,9 @@ class RedisBroker:
         loops.start("redis-health", self._health_loop)
         loops.start("redis-presence", self._presence_loop)
 
-    def _loop_failed(self, name: str, exc: BaseException) -> None:
-        handler = self._handler
-        if handler is not None:
-            handler.handle_loop_failure(name, exc)
-
     def _writer_failed(self) -> None:
         # What the failed run had in hand may or may not have reached Redis.
         batch, self._inflight = self._inflight, []
-        self._sending = 0
         self._doubted(
             batch,
             [p.message.retained and bool(self.history_size) for p in batch],
@@ -311,7 +305,7 @@ class RedisBroker:
     async def _drain_queue(self, *, within: float) -> None:
         deadline = time.monotonic() + within
         while (  # noqa: ASYNC110
-            self._queue or self._sending or self._in_doubt
+            self._queue or self._inflight or self._in_doubt
         ) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
@@ -326,9 +320,7 @@ class RedisBroker:
         """
         payload = encode(message)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        publication = _Publication(message, future)
-        publication.payload = payload
-        self._queue.append(publication)
+        self._queue.append(_Publication(message, future, payload))
         self._wake.set()
         return future
 
@@ -380,11 +372,9 @@ class RedisBroker:
     async def _send(self, batch: list[_Publication]) -> None:
         if not batch:
             return
-        self._sending = len(batch)
         self._inflight = batch
         await self._send_batch(batch)
         self._inflight = []
-        self._sending = 0
         if self._in_doubt:
             self._retry_at = time.monotonic() + _RETRY_PAUSE
             self._wake.set()
