@@ -85,6 +85,10 @@ class RecordingConnection(Connection):
         """``data`` of every error message received, in order."""
         return [m["data"] for m in self.of_type("error")]
 
+    def offsets(self) -> list[int]:
+        """``offset`` of every chat message received, in order."""
+        return [m["offset"] for m in self.of_type("chat")]
+
     def events(self) -> list[str]:
         """``data.event`` of every system message received, in order."""
         return [m["data"].get("event") for m in self.of_type("system")]

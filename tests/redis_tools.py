@@ -1,9 +1,10 @@
 """Helpers for the Redis scale-out tests (broker, cluster and failure drills).
 
 - :func:`unique_prefix`, :func:`pod_flags`: a key prefix per test, flags of a test pod.
-- :func:`attach`: a hub connection without a socket
+- :func:`attach`, :func:`welcomed`: a hub connection without a socket
   (:class:`~tests.recording.RecordingConnection`), for tests that run several hubs
-  ("pods") in one process.
+  ("pods") in one process, and waiting for its welcome.
+- :func:`store_unheard`: a message stored in a room's history that no pod hears.
 - :class:`RedisProxy`: a TCP proxy that can stop forwarding what Redis sends on the
   connections it holds without closing them (deaf), delay or stall it for subscribers.
 """
@@ -17,8 +18,13 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
+from redis.asyncio import Redis
+
+from roomcast.brokers.redis_scripts import PUBLISH
 from roomcast.hub import Admission, Hub
+from roomcast.protocol import Message, encode
 from tests.recording import RecordingConnection
+from tests.support import MS, eventually
 
 
 def unique_prefix() -> str:
@@ -43,6 +49,28 @@ def attach(hub: Hub, room: str | None, *, user_id: str | None = None) -> Recordi
     conn = RecordingConnection(hub, user_id=user_id)
     hub.attach(conn, Admission(room=room, user_id=user_id))
     return conn
+
+
+async def welcomed(*conns: RecordingConnection, within: float = 5000 * MS) -> None:
+    """Wait until every one of ``conns`` has its welcome."""
+
+    async def all_welcomed() -> bool:
+        return all("welcome" in conn.events() for conn in conns)
+
+    await eventually(all_welcomed, within)
+
+
+async def store_unheard(url: str, prefix: str, message: Message) -> None:
+    """Store ``message`` in its room's history as the broker would, but publish it
+    where nobody listens: an offset a pod never hears, as if the subscriber lost it."""
+    room = message.room
+    assert room is not None
+    keys = [f"{prefix}:{kind}:{{{room}}}" for kind in ("meta", "history", "ids")]
+    client = Redis.from_url(url)
+    try:
+        await client.eval(PUBLISH, 3, *keys, "nowhere", encode(message), message.id, 100, 300, "e")
+    finally:
+        await client.aclose()
 
 
 # -- a TCP proxy in front of Redis that can go deaf, slow or stall ---------------------------

@@ -35,6 +35,14 @@ MS = 0.001 * float(os.environ.get("ROOMCAST_TEST_SLOWDOWN", "1"))
 RECV_TIMEOUT = 3000 * MS
 
 
+def rss_kib(pid: int) -> int:
+    """Resident set size of process ``pid`` in KiB (Linux ``/proc``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now."""
     with socket.socket() as sock:

@@ -25,9 +25,10 @@ from websockets.asyncio.client import ClientConnection
 from roomcast.brokers.redis import RedisBroker
 from roomcast.hub import Hub
 from tests.recording import RecordingConnection
-from tests.redis_tools import attach, pod_flags, unique_prefix
+from tests.redis_tools import attach, pod_flags, unique_prefix, welcomed
 from tests.support import (
     MS,
+    RECV_TIMEOUT,
     ServerProcess,
     api,
     assert_silent,
@@ -289,22 +290,12 @@ async def two_hubs(redis_url: str) -> AsyncIterator[tuple[Hub, Hub]]:
             await hub.close()
 
 
-async def welcomed(*conns: RecordingConnection) -> None:
-    async def all_welcomed() -> bool:
-        return all(
-            any(m["data"].get("event") == "welcome" for m in conn.received if m["type"] == "system")
-            for conn in conns
-        )
-
-    await eventually(all_welcomed)
-
-
 async def test_presence_fires_once_per_user_across_pods(two_hubs: tuple[Hub, Hub]) -> None:
     hub1, hub2 = two_hubs
     room = fresh_room()
     bob = attach(hub1, room, user_id="bob")
     carol = attach(hub2, room, user_id="carol")
-    await welcomed(bob, carol)
+    await welcomed(bob, carol, within=RECV_TIMEOUT)
 
     async def heard(conn: RecordingConnection, event: tuple[str, str]) -> bool:
         return event in conn.presence()
@@ -314,7 +305,7 @@ async def test_presence_fires_once_per_user_across_pods(two_hubs: tuple[Hub, Hub
     alice1 = attach(hub1, room, user_id="alice")
     await eventually(lambda: heard(carol, ("alice", "online")))
     alice2 = attach(hub2, room, user_id="alice")
-    await welcomed(alice2)
+    await welcomed(alice2, within=RECV_TIMEOUT)
     await asyncio.sleep(300 * MS)
     for watcher in (bob, carol):
         assert watcher.presence().count(("alice", "online")) == 1, watcher.presence()
@@ -342,7 +333,7 @@ async def test_presence_fires_once_per_user_across_pods(two_hubs: tuple[Hub, Hub
 
     # Two first connections at once, one on each pod: still one "online".
     dave = [attach(hub1, room, user_id="dave"), attach(hub2, room, user_id="dave")]
-    await welcomed(*dave)
+    await welcomed(*dave, within=RECV_TIMEOUT)
     await eventually(lambda: heard(bob, ("dave", "online")))
     await asyncio.sleep(300 * MS)
     for watcher in (bob, carol):

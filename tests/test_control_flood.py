@@ -13,20 +13,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from roomcast.native import CONTROL_BURST
-from tests.support import MS, RawWebSocket, ServerProcess, close_code, mask_frame, split_frames
+from tests.support import (
+    MS,
+    RawWebSocket,
+    ServerProcess,
+    close_code,
+    mask_frame,
+    rss_kib,
+    split_frames,
+)
 
 Serve = Callable[..., ServerProcess]
 RawClient = Callable[..., Awaitable[RawWebSocket]]
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 async def test_pings_past_the_budget_are_closed_with_1008(

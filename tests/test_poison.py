@@ -21,13 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from roomcast.admission import Admission
 from roomcast.brokers.memory import MemoryBroker
 from roomcast.brokers.redis import RedisBroker
 from roomcast.errors import ProtocolError
 from roomcast.hub import HandlerConfig, Hub
 from roomcast.protocol import MAX_DEPTH, Message, MessageType
 from tests.recording import RecordingConnection
-from tests.redis_tools import attach, unique_prefix
+from tests.redis_tools import attach, unique_prefix, welcomed
 from tests.support import MS, ServerProcess, dumps, eventually, fresh_room, recv_until, ws_connect
 
 Serve = Callable[..., ServerProcess]
@@ -101,10 +102,8 @@ async def test_a_hook_result_that_cannot_be_encoded_is_refused() -> None:
     async with hub:
         room = fresh_room("hook")
         conn = RecordingConnection(hub, HandlerConfig(on_message=poison))
-        from roomcast.admission import Admission
-
         hub.attach(conn, Admission(room=room))
-        await eventually(_welcomed(conn), 2000 * MS)
+        await welcomed(conn, within=2000 * MS)
         conn.say("poison", ref="p1")
         conn.say("fine")
         await eventually(_has_chats(conn, 1), 2000 * MS)
@@ -115,13 +114,6 @@ async def test_a_hook_result_that_cannot_be_encoded_is_refused() -> None:
         with pytest.raises(ProtocolError) as caught:
             await hub.publish(hub.messages.make(MessageType.CHAT, room=room, data=nested(300)))
         assert caught.value.code.value == "invalid_message"
-
-
-def _welcomed(conn: RecordingConnection) -> Callable[[], Any]:
-    async def welcomed() -> bool:
-        return "welcome" in conn.events()
-
-    return welcomed
 
 
 def _has_chats(conn: RecordingConnection, n: int) -> Callable[[], Any]:
@@ -152,7 +144,7 @@ _payloads = st.lists(
 
 
 async def _publish_all(hub: Hub, member: RecordingConnection, room: str, values: list[Any]) -> None:
-    await eventually(_welcomed(member), 3000 * MS)
+    await welcomed(member, within=3000 * MS)
     published = []
     for value in values:
         message = hub.messages.make(MessageType.NOTIFICATION, room=room, data=value)

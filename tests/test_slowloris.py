@@ -14,18 +14,10 @@ import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
-from tests.support import MS, ServerProcess, upgrade_request, ws_connect
+from tests.support import MS, ServerProcess, rss_kib, upgrade_request, ws_connect
 
 Serve = Callable[..., ServerProcess]
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 @contextlib.contextmanager

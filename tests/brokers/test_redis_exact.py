@@ -21,12 +21,11 @@ from redis.asyncio import Redis
 
 from roomcast.admission import Admission
 from roomcast.brokers.redis import RedisBroker
-from roomcast.brokers.redis_scripts import PUBLISH
 from roomcast.hub import Hub
-from roomcast.protocol import Message, MessageType, encode
+from roomcast.protocol import Message, MessageType
 from tests.recording import RecordingConnection
 from tests.redis_support import RedisServer
-from tests.redis_tools import RedisProxy, attach, unique_prefix
+from tests.redis_tools import RedisProxy, attach, store_unheard, unique_prefix, welcomed
 from tests.support import MS, eventually, fresh_room
 
 WAIT = 5000 * MS
@@ -67,24 +66,12 @@ def _ready(hub: Hub) -> Any:
     return ready
 
 
-def offsets(conn: RecordingConnection) -> list[int]:
-    """Offsets of the chat messages ``conn`` received, in order."""
-    return [m["offset"] for m in conn.of_type("chat")]
-
-
 async def wait_offsets(conn: RecordingConnection, last: int, within: float = WAIT) -> None:
     async def reached() -> bool:
-        seen = offsets(conn)
+        seen = conn.offsets()
         return bool(seen) and seen[-1] >= last
 
     await eventually(reached, within)
-
-
-async def welcomed(*conns: RecordingConnection) -> None:
-    async def all_welcomed() -> bool:
-        return all("welcome" in conn.events() for conn in conns)
-
-    await eventually(all_welcomed, WAIT)
 
 
 def chat(hub: Hub, room: str, text: str, **data: Any) -> Message:
@@ -119,8 +106,8 @@ async def test_a_join_whose_history_read_beats_the_live_copy_gets_it_once(
         await wait_offsets(member, 5)
         await asyncio.sleep(600 * MS)  # any late copy would have come by now
 
-        assert offsets(joiner) == [3, 4, 5]
-        assert offsets(member) == [1, 2, 3, 4, 5]
+        assert joiner.offsets() == [3, 4, 5]
+        assert member.offsets() == [1, 2, 3, 4, 5]
         welcome = joiner.of_type("system")[0]["data"]
         assert welcome["recovered"] is True
         assert welcome["offset"] == 4
@@ -145,7 +132,7 @@ async def test_a_retried_publication_is_stored_and_delivered_once(
         await hub.publish(chat(hub, room, "next"))
         await wait_offsets(member, 2)
         await asyncio.sleep(200 * MS)
-        assert offsets(member) == [1, 2]
+        assert member.offsets() == [1, 2]
         client = Redis.from_url(redis_url)
         try:
             assert await client.xlen(f"{prefix}:history:{{{room}}}") == 2
@@ -176,7 +163,7 @@ async def test_a_publish_whose_reply_is_lost_is_delivered_exactly_once(
 
         chats = member.of_type("chat")
         assert [m["data"]["text"] for m in chats] == ["before", "in doubt", "after"]
-        assert offsets(member) == [1, 2, 3]
+        assert member.offsets() == [1, 2, 3]
         assert counter(hub, "realtime_redis_publish_errors_total") == 0
         assert await own_redis.xlen(f"{prefix}:history:{{{room}}}") == 3
 
@@ -214,7 +201,7 @@ async def test_a_subscriber_dropped_for_its_output_buffer_misses_nothing(
         await wait_offsets(member, sent, 10000 * MS)
         await asyncio.sleep(300 * MS)
 
-        assert offsets(member) == list(range(1, sent + 1))
+        assert member.offsets() == list(range(1, sent + 1))
         assert counter(a, "realtime_redis_subscriber_drops_total") >= 1
         assert counter(a, "realtime_gap_repairs_total") >= 1
         assert counter(a, "realtime_gap_repaired_messages_total") >= 1
@@ -230,15 +217,8 @@ async def test_an_offset_jump_is_filled_from_the_history(redis_url: str) -> None
         await welcomed(member)
         await hub.publish(chat(hub, room, "one"))
         await wait_offsets(member, 1)
-        client = Redis.from_url(redis_url)
-        try:
-            keys = [f"{prefix}:{kind}:{{{room}}}" for kind in ("meta", "history", "ids")]
-            for text in ("two", "three", "four"):
-                message = chat(hub, room, text)
-                payload = encode(message)
-                await client.eval(PUBLISH, 3, *keys, "nowhere", payload, message.id, 100, 300, "e")
-        finally:
-            await client.aclose()
+        for text in ("two", "three", "four"):
+            await store_unheard(redis_url, prefix, chat(hub, room, text))
         await hub.publish(chat(hub, room, "five"))
         await wait_offsets(member, 5)
         await asyncio.sleep(200 * MS)
@@ -250,7 +230,7 @@ async def test_an_offset_jump_is_filled_from_the_history(redis_url: str) -> None
             "four",
             "five",
         ]
-        assert offsets(member) == [1, 2, 3, 4, 5]
+        assert member.offsets() == [1, 2, 3, 4, 5]
         assert counter(hub, "realtime_gap_repairs_total") == 1
         assert counter(hub, "realtime_gap_repaired_messages_total") == 3
 
@@ -276,5 +256,5 @@ async def test_a_copy_of_a_delivered_offset_is_dropped(redis_url: str) -> None:
         await wait_offsets(member, 2)
         await asyncio.sleep(200 * MS)
 
-        assert offsets(member) == [1, 2]
+        assert member.offsets() == [1, 2]
         assert counter(hub, "realtime_duplicates_dropped_total") == 1
