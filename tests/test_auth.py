@@ -2,7 +2,8 @@
 
 - :class:`JwtAuthenticator`: every acceptance and refusal path of a token, and
   that no refusal quotes the token.
-- :class:`Identity`: room glob permissions, checked against ``fnmatchcase``.
+- :class:`Identity`: room glob permissions (``*`` stops at the separators
+  ``-`` ``.`` ``:``, ``**`` does not), checked against a plain regular expression.
 - :class:`OriginPolicy`: exact and wildcard origins.
 - The hub's admission, join and publish checks, refresh and expiry, connection
   limits, driven through :meth:`Hub.admit` and recording connections.
@@ -12,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import fnmatch
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from roomcast import (
@@ -165,11 +166,31 @@ def test_nbf_and_iat_tolerate_the_leeway() -> None:
 
 
 def test_audience_and_issuer_are_checked_only_when_configured() -> None:
+    assert JwtAuthenticator(secret=SECRET).verify(hs256(iss="https://evil.example")).user_id
     token = hs256(aud="chat", iss="https://auth.example.com")
-    assert JwtAuthenticator(secret=SECRET).verify(token).user_id == "alice"
     configured = JwtAuthenticator(secret=SECRET, audience="chat", issuer="https://auth.example.com")
     assert configured.verify(token).user_id == "alice"
     assert configured.verify(hs256(aud=["other", "chat"], iss="https://auth.example.com"))
+
+
+@pytest.mark.parametrize(
+    "aud",
+    ["billing", "chat", ["chat", "billing"], "", [], None],
+    ids=["other", "chat", "list", "empty", "empty-list", "null"],
+)
+def test_a_token_with_an_audience_is_refused_when_none_is_configured(aud: object) -> None:
+    """A token minted for some service is not one for this server, which names none."""
+    error = refused(JwtAuthenticator(secret=SECRET), hs256(aud=aud))
+    assert error.message == "token audience not accepted"
+
+
+async def test_a_refresh_with_a_foreign_audience_is_refused(hub: Hub) -> None:
+    conn = await connect(hub, JWT, token=hs256())
+    await send(conn, {"type": "auth", "data": {"token": hs256(aud="billing")}, "ref": "a1"})
+    (error,) = conn.of_type("error")
+    assert error["data"]["code"] == "invalid_message"
+    assert error["data"]["error"] == "token refused: token audience not accepted"
+    assert conn.close_codes == []
 
 
 # -- JWT: refused ---------------------------------------------------------------------------------
@@ -199,6 +220,8 @@ def test_audience_and_issuer_are_checked_only_when_configured() -> None:
         pytest.param(lambda: hs256(rooms="team-*"), "rooms claim", id="rooms-string"),
         pytest.param(lambda: hs256(rooms=[1]), "rooms claim", id="rooms-number"),
         pytest.param(lambda: hs256(rooms=["a b"]), "rooms claim", id="rooms-bad-chars"),
+        pytest.param(lambda: hs256(rooms=["team-***"]), "rooms claim", id="rooms-three-stars"),
+        pytest.param(lambda: hs256(rooms=["lobby", "team-[ab"]), "rooms claim", id="open-class"),
         pytest.param(lambda: hs256(info="Alice"), "info claim", id="info-string"),
         pytest.param(lambda: hs256(exp="soon"), "token", id="exp-not-a-number"),
         pytest.param(
@@ -301,7 +324,7 @@ def test_unusable_keys_are_config_errors(tmp_path: Path) -> None:
         (["general"], "general2", False),
         (["general"], "General", False),
         (["team-*"], "team-a", True),
-        (["team-*"], "team-a.b:c@d", True),
+        (["team-*"], "team-a.b:c@d", False),
         (["team-*"], "team", False),
         (["team-*"], "my-team-a", False),
         (["room-?"], "room-1", True),
@@ -318,16 +341,111 @@ def test_room_globs(patterns: list[str] | None, room: str, allowed: bool) -> Non
     assert Identity(user_id="u", rooms=patterns).allows(room) is allowed
 
 
-ROOM_CHARS = "abcAB01_-.:@"
+# pattern, rooms it matches, rooms it does not match
+ROOM_GLOBS: list[tuple[str, list[str], list[str]]] = [
+    # * stops at every separator: - . :
+    ("team-*", ["team-a", "team-", "team-a_b@c"], ["team-a:admin", "team-a.b", "team-a-b"]),
+    ("team-red-*", ["team-red-chat", "team-red-ops"], ["team-red-ops-secret", "team-red-a.b"]),
+    ("*-chat", ["red-chat", "-chat"], ["team-red-chat", "red.x-chat"]),
+    ("*", ["x", "a_b@c"], ["a.b", "a-b", "a:b", "-"]),
+    ("*:*", ["a:b", ":"], ["a:b:c", "a-b:c"]),
+    # ** crosses them
+    ("team-red-**", ["team-red-ops-secret", "team-red-a.b:c@d", "team-red-"], ["team-red"]),
+    ("**-admin", ["a.b:c-admin", "-admin"], ["a.b:c-admins", "admin"]),
+    ("**", ["a-b.c:d", "x"], []),
+    ("a**b*c", ["a-x-byc", "abc"], ["a-x-b-yc", "a-x-b-c"]),
+    ("x**-b*y", ["xa-b-by"], ["xa-b-b-y"]),  # ** takes "a-b": the first "-b" is not the one
+    # ? is one character, never a separator
+    ("room-?", ["room-1", "room-_"], ["room-12", "room--", "room-."]),
+    ("room?1", ["room_1"], ["room.1", "room:1"]),
+    # a class matches a separator only when it names it
+    ("[!ab]-x", ["c-x", "@-x"], ["a-x", "--x", ".-x", ":-x"]),
+    ("doc[-.]*", ["doc-1", "doc.1"], ["doc:1", "doc1", "doc-1-2"]),
+    ("a[0-@]b", ["a5b", "a@b"], ["a:b"]),  # the range spans ":" without naming it
+    ("a[--0]b", ["a-b", "a0b"], ["a.b"]),  # and this one "."
+    ("v[a-]", ["va", "v-"], ["v.", "vb"]),
+    # never a string that is no room name
+    ("**", [], ["", "a/b", "a b", "a" * 129]),
+]
 
 
-@given(
-    patterns=st.lists(st.text(ROOM_CHARS + "*?", min_size=1, max_size=8), max_size=4),
-    room=st.text(ROOM_CHARS, min_size=1, max_size=12),
-)
-def test_room_globs_agree_with_fnmatchcase(patterns: list[str], room: str) -> None:
-    expected = any(fnmatch.fnmatchcase(room, p) for p in patterns)
-    assert Identity(user_id="u", rooms=patterns).allows(room) is expected
+def test_room_glob_table() -> None:
+    wrong = [
+        (pattern, room, not expected)
+        for pattern, matching, other in ROOM_GLOBS
+        for room, expected in [*((r, True) for r in matching), *((r, False) for r in other)]
+        if Identity(user_id="u", rooms=[pattern]).allows(room) is not expected
+    ]
+    assert wrong == [], "(pattern, room, matched)"
+
+
+def test_room_globs_do_not_backtrack() -> None:
+    """A separator just before the end: a backtracking matcher would try every split."""
+    stars = Identity(user_id="u", rooms=["*a" * 60 + "*b"])
+    mixed = Identity(user_id="u", rooms=["**a" * 40 + "*b"])
+    started = time.perf_counter()
+    assert not stars.allows("a" * 100 + "-b")
+    assert not mixed.allows("a-" * 60 + "-b")
+    assert mixed.allows("a-" * 60 + "ab")
+    assert time.perf_counter() - started < 200 * MS
+
+
+SEPARATORS = "-.:"
+ROOM_CHARS = "abAB01_@" + SEPARATORS
+literals = st.text(ROOM_CHARS, max_size=4)
+
+
+def reference(pattern: str) -> re.Pattern[str]:
+    """The meaning of a pattern without classes, as a plain regular expression."""
+    parts = re.split(r"(\*\*|\*|\?)", pattern)
+    wildcards = {"**": "[A-Za-z0-9_@.:-]*", "*": "[A-Za-z0-9_@]*", "?": "[A-Za-z0-9_@]"}
+    return re.compile("".join(wildcards.get(part, re.escape(part)) for part in parts))
+
+
+@st.composite
+def pattern_and_room(draw: st.DrawFn) -> tuple[str, str]:
+    """A pattern of room characters, ``*``, ``**`` and ``?``, and a room near it.
+
+    The room fills each wildcard with a few characters, separators among them,
+    and now and then changes a literal, so that it matches about half the time.
+    """
+    pieces = draw(st.lists(st.sampled_from([*ROOM_CHARS, "*", "**", "?"]), min_size=1))
+    pattern = room = ""
+    for piece in pieces:
+        if piece.startswith("*") and pattern.endswith("*"):
+            continue  # "***" is malformed
+        pattern += piece
+        if piece.startswith("*"):
+            room += draw(st.text(ROOM_CHARS, max_size=3))
+        elif piece == "?" or draw(st.integers(0, 9)) == 0:
+            room += draw(st.sampled_from(ROOM_CHARS))
+        else:
+            room += piece
+    return pattern, room or "a"
+
+
+@example(pair=("team-*", "team-a-b"))
+@example(pair=("*", "."))
+@example(pair=("a?b", "a:b"))
+@example(pair=("x**-b*y", "xa-b-by"))
+@given(pair=pattern_and_room())
+def test_room_globs_agree_with_a_regular_expression(pair: tuple[str, str]) -> None:
+    pattern, room = pair
+    expected = reference(pattern).fullmatch(room) is not None
+    assert Identity(user_id="u", rooms=[pattern]).allows(room) is expected
+
+
+@given(prefix=literals, middle=st.text(ROOM_CHARS, max_size=8), suffix=literals)
+def test_a_star_never_matches_a_separator(prefix: str, middle: str, suffix: str) -> None:
+    room = prefix + middle + suffix
+    if not room:
+        return
+    star = Identity(user_id="u", rooms=[f"{prefix}*{suffix}"])
+    assert star.allows(room) is not any(c in SEPARATORS for c in middle)
+    assert Identity(user_id="u", rooms=[f"{prefix}**{suffix}"]).allows(room)
+    one = Identity(user_id="u", rooms=[f"{prefix}?{suffix}"])
+    assert one.allows(prefix + "a" + suffix)
+    assert not any(one.allows(prefix + c + suffix) for c in SEPARATORS)
 
 
 @pytest.mark.parametrize(
@@ -337,6 +455,14 @@ def test_room_globs_agree_with_fnmatchcase(patterns: list[str], room: str) -> No
         {"user_id": "u" * 257},
         {"user_id": "u", "rooms": "team-*"},
         {"user_id": "u", "rooms": ["a b"]},
+        {"user_id": "u", "rooms": ["team-***"]},
+        {"user_id": "u", "rooms": ["***"]},
+        {"user_id": "u", "rooms": ["team-[red"]},
+        {"user_id": "u", "rooms": ["team-[]"]},
+        {"user_id": "u", "rooms": ["team-[!]"]},
+        {"user_id": "u", "rooms": ["team-[z-a]"]},
+        {"user_id": "u", "rooms": ["team-red]"]},
+        {"user_id": "u", "rooms": ["lobby", "team!"]},
         {"user_id": "u", "info": ["not", "an", "object"]},
         {"user_id": "u", "expires_at": "tomorrow"},
     ],

@@ -3,9 +3,11 @@
 Over real sockets, against both front ends (``--ws native`` and ``--ws asgi``):
 every refusal before the upgrade with its exact status, tokens in the query and
 in the header, ``from`` taken from ``sub``, room permissions on connect, join and
-publish, token refresh and expiry (4001, on time), origins, connections per
-user (per pod and across pods through Redis), connection floods, and that no
-secret ever reaches the server's output.
+publish (``*`` stopping at separators, ``**`` not), token refresh and expiry
+(4001, on time), a foreign ``aud`` without ``--jwt-audience``, origins,
+connections per user (per pod and across pods through Redis), connection
+floods, and that no secret ever reaches the server's output, however the query
+spells it.
 """
 
 from __future__ import annotations
@@ -218,6 +220,37 @@ async def test_rooms_claim_on_join_and_publish(authed: ServerProcess, client: Co
     await pong_after(ws)
 
 
+async def test_a_star_stops_at_separators_and_a_double_star_does_not(
+    authed: ServerProcess, client: Connect
+) -> None:
+    one_level = token(rooms=["team-red-*"])
+    chat = await client(f"{authed.ws}/team-red-chat?token={one_level}")
+    assert (await welcome(chat))["rooms"] == ["team-red-chat"]
+    status, body = await status_of(f"{authed.ws}/team-red-ops-secret?token={one_level}")
+    assert status == 403, body
+    await chat.send(dumps({"type": "join", "room": "team-red-ops-secret", "ref": "j1"}))
+    error = await recv_type(chat, "error")
+    assert (error["data"]["code"], error["data"]["ref"]) == ("forbidden_room", "j1")
+    await chat.send(dumps({"type": "chat", "room": "team-red-a:admin", "data": {}, "ref": "p1"}))
+    error = await recv_type(chat, "error")
+    assert (error["data"]["code"], error["data"]["ref"]) == ("forbidden_room", "p1")
+    await pong_after(chat)
+
+    every_level = token(rooms=["team-red-**"])
+    deep = await client(f"{authed.ws}/team-red-ops-secret?token={every_level}")
+    assert (await welcome(deep))["rooms"] == ["team-red-ops-secret"]
+    await deep.send(dumps({"type": "join", "room": "team-red-a.b:c", "ref": "j2"}))
+    joined = await recv_until(deep, lambda m: m.get("data", {}).get("event") == "joined")
+    assert joined["data"]["room"] == "team-red-a.b:c"
+    assert (await status_of(f"{authed.ws}/team-blue-chat?token={every_level}"))[0] == 403
+
+
+async def test_a_malformed_room_pattern_is_401(authed: ServerProcess) -> None:
+    status, body = await status_of(f"{authed.ws}/team-a?token={token(rooms=['team-***'])}")
+    assert status == 401
+    assert b"rooms claim" in body
+
+
 async def test_rooms_per_connection_limit(authed: ServerProcess, client: Connect) -> None:
     ws = await client(f"{authed.ws}?token={token()}")
     await welcome(ws)
@@ -283,6 +316,24 @@ async def test_expiry_closes_with_4001_on_time(authed: ServerProcess, client: Co
     assert code == 4001
     assert ws.close_reason == "token expired"
     assert exp - 0.05 <= closed_at <= exp + 1.5, closed_at - exp
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_foreign_audience_is_refused_without_jwt_audience(
+    serve: Callable[..., ServerProcess], client: Connect, mode: str
+) -> None:
+    server = serve("--ws", mode, "--jwt-secret", SECRET)
+    foreign = token(aud="billing", iss=None)
+    status, body = await status_of(f"{server.ws}/general?token={foreign}")
+    assert status == 401
+    assert b"token audience not accepted" in body
+    ws = await client(f"{server.ws}/general?token={token(aud=None, iss=None)}")
+    assert (await welcome(ws))["user_id"] == "alice"
+    await ws.send(dumps({"type": "auth", "data": {"token": foreign}, "ref": "r1"}))
+    error = await recv_type(ws, "error")
+    assert (error["data"]["code"], error["data"]["ref"]) == ("invalid_message", "r1")
+    assert error["data"]["error"] == "token refused: token audience not accepted"
+    await pong_after(ws)
 
 
 # -- public keys ----------------------------------------------------------------------------------
@@ -512,6 +563,35 @@ async def test_no_secret_reaches_the_logs(
     for secret in (SECRET, API_KEY, wrong_key, *tokens, *(t.rpartition(".")[2] for t in tokens)):
         assert secret not in output, f"a secret reached the logs: {secret[:12]}…"
         assert secret not in metrics
+    assert "Traceback" not in output
+
+
+def percent(text: str, *, lower: bool = False) -> str:
+    """Every character of ``text`` as a percent-escape."""
+    return "".join(f"%{byte:02x}" if lower else f"%{byte:02X}" for byte in text.encode())
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_percent_encoded_tokens_stay_out_of_the_logs(
+    serve: Callable[..., ServerProcess], client: Connect, mode: str
+) -> None:
+    """A server decodes ``%74oken=%65%79…`` to ``token=ey…``; the logs must hide it too."""
+    server = serve("--ws", mode, "--log-level", "debug", "--jwt-secret", SECRET)
+    users = ["alice", "bob", "carol"]
+    tokens = [token(user, aud=None, iss=None) for user in users]
+    written = [percent(tokens[0]), percent(tokens[1], lower=True), f"%65{tokens[2][1:]}"]
+    names = ["%74oken", "to%6Ben", percent("token", lower=True)]
+    for user, name, value in zip(users, names, written, strict=True):
+        ws = await client(f"{server.ws}/general?{name}={value}&last_id=1")
+        assert (await welcome(ws))["user_id"] == user  # the server read it as the token
+        await ws.close()
+    assert await asyncio.to_thread(server.stop) == 0
+
+    output = server.output()
+    assert "/ws/general?" in output  # debug logging wrote the requests
+    assert "%74oken=***" in output
+    for secret in (*tokens, *written, *(t.rpartition(".")[2] for t in tokens)):
+        assert secret not in output, f"a token reached the logs: {secret[:12]}…"
     assert "Traceback" not in output
 
 

@@ -12,8 +12,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import roomcast
 from roomcast.errors import ConfigError
@@ -248,6 +251,140 @@ def test_redact(text: str, expected: str) -> None:
 )
 def test_redact_leaves_the_rest_alone(text: str) -> None:
     assert redact(text) == text
+
+
+# Spellings of a credential in a query ---------------------------------------------------
+
+OPAQUE = "s3cr3t-Value_9z.Q"
+
+
+def encoded(text: str, *, lower: bool = False) -> str:
+    """Every character of ``text`` as a percent-escape."""
+    return "".join(f"%{byte:02x}" if lower else f"%{byte:02X}" for byte in text.encode())
+
+
+def server_view(query: str) -> str:
+    """The query as a server reads it (Starlette, urllib.parse.parse_qsl), pairs joined."""
+    return "&".join(f"{k}={v}" for k, v in parse_qsl(query, keep_blank_values=True))
+
+
+ONE_ESCAPE = f"{OPAQUE[:6]}%{ord(OPAQUE[6]):02X}{OPAQUE[7:]}"
+
+# (query, how the credential is written in it)
+SPELLINGS = [
+    (f"token={OPAQUE}", OPAQUE),
+    (f"%74oken={OPAQUE}", OPAQUE),
+    (f"to%6Ben={OPAQUE}", OPAQUE),
+    (f"{encoded('token', lower=True)}={OPAQUE}", OPAQUE),
+    (f"TOKEN={OPAQUE}", OPAQUE),
+    (f"%54oKeN={OPAQUE}", OPAQUE),
+    (f"token={encoded(OPAQUE)}", encoded(OPAQUE)),
+    (f"token={encoded(OPAQUE, lower=True)}", encoded(OPAQUE, lower=True)),
+    (f"%74oken={encoded(OPAQUE)}", encoded(OPAQUE)),
+    (f"token={ONE_ESCAPE}", ONE_ESCAPE),
+    (f"token={OPAQUE};x=1", OPAQUE),
+    (f"token+={OPAQUE}", OPAQUE),
+    (f"%61pi_key={OPAQUE}", OPAQUE),
+    (f"api%5Fkey={OPAQUE}", OPAQUE),
+    (f"access%5Ftoken={OPAQUE}", OPAQUE),
+    (f"%73ession={OPAQUE}", OPAQUE),
+    (f"pass%77ord={OPAQUE}", OPAQUE),
+    (f"room=x%26token%3D{OPAQUE}", OPAQUE),  # an encoded "&" and "="
+    (f"room=x%26token={OPAQUE}", OPAQUE),
+    (f"%26token={OPAQUE}", OPAQUE),
+    (f"token%3D{OPAQUE}", OPAQUE),
+    (f"next=%2Fws%3Ftoken%3D{OPAQUE}", OPAQUE),
+    (f"next=x=token={OPAQUE}", OPAQUE),
+    (f"state={encoded(JWT)}", encoded(JWT)),  # a JWT under any name
+    (f"state=%65{JWT[1:]}", f"%65{JWT[1:]}"),
+]
+LINES = [
+    "GET /ws/r?room=general&{query}&last_id=1 HTTP/1.1",  # websockets' debug output
+    '127.0.0.1:50000 - "WebSocket /ws/r?{query}" [accepted]',  # uvicorn's
+    "{{'path': '/ws/r', 'query_string': b'{query}'}}",  # a repr
+]
+
+
+def leaks(query: str, written: str, line: str) -> list[str]:
+    """What of the credential in ``query`` survives redacting ``line`` (nothing, we hope)."""
+    secret = JWT if "state=" in query else OPAQUE
+    assert written in query and secret in server_view(query), "not a spelling of the credential"
+    text = line.format(query=query)
+    out = redact(text)
+    spellings = (written, secret, encoded(secret), SIGNATURE)
+    found = [spelling for spelling in spellings if spelling in out]
+    if secret in server_view(out.partition("?")[2].partition(" ")[0]):
+        found.append("its decoded form")
+    if "***" not in out or "/ws/r" not in out:
+        found.append("an unreadable line")
+    if "last_id=1" in text and not ("room=general&" in out and "&last_id=1 HTTP/1.1" in out):
+        found.append("a line without its other pairs")
+    return found
+
+
+def test_redaction_hides_every_spelling_a_server_decodes() -> None:
+    found = {
+        (query, line): leaked
+        for query, written in SPELLINGS
+        for line in LINES
+        if (leaked := leaks(query, written, line))
+    }
+    assert found == {}
+
+
+def test_redaction_keeps_the_output_readable() -> None:
+    cases = [
+        # the name in its own spelling, the value replaced
+        (f"/ws/r?%74oken={OPAQUE}&last_id=1", "/ws/r?%74oken=***&last_id=1"),
+        (f"/ws/r?to%6Ben={encoded(OPAQUE)}", "/ws/r?to%6Ben=***"),
+        (f"/ws/r?x=1&token%3D{OPAQUE}", "/ws/r?x=1&token%3D***"),
+        (f"/ws/r?next=%2Fws%3Ftoken%3D{OPAQUE}&a=1", "/ws/r?next=***&a=1"),
+        # JWTs, headers and harmless pairs as before
+        (f"GET /ws/r?state={JWT}&last_id=1", "GET /ws/r?state=***&last_id=1"),
+        (f"bad token {JWT} from alice", "bad token *** from alice"),
+        ("Authorization: Bearer 0f1e2d3c4b5a", "Authorization: Bearer ***"),
+        (f"< x-api-key: {API_KEY}", "< x-api-key: ***"),
+        ("/ws/r?next=%2Fhome%3Fpage%3D2&tokens=3", None),
+        ("/ws/r?a%3Db=c&token_count=2&x_token=1", None),
+    ]
+    wrong = [
+        (text, got)
+        for text, expected in cases
+        if (got := redact(text)) != (text if expected is None else expected)
+    ]
+    assert wrong == []
+
+
+NAME_ESCAPES = st.sampled_from(["raw", "upper", "lower"])
+VALUE_CHARS = "ABCxyz019-_.~"
+
+
+@st.composite
+def spelled(draw: st.DrawFn, text: str) -> str:
+    """``text`` with each character written raw or as a percent-escape (either case)."""
+    out = ""
+    for char in text:
+        how = draw(NAME_ESCAPES)
+        out += char if how == "raw" else encoded(char, lower=how == "lower")
+    return out
+
+
+@given(
+    data=st.data(),
+    secret=st.text(VALUE_CHARS, min_size=8, max_size=24),
+    name=st.sampled_from(["token", "access_token", "api_key", "session", "password", "jwt"]),
+)
+def test_no_spelling_of_a_query_credential_survives(
+    data: st.DataObject, secret: str, name: str
+) -> None:
+    written_name = data.draw(spelled(name))
+    written_value = data.draw(spelled(secret))
+    query = f"room=general&{written_name}={written_value}&last_id=1"
+    assert dict(parse_qsl(query))[name] == secret  # the server reads it as that parameter
+    out = redact(f"GET /ws/r?{query} HTTP/1.1")
+    assert secret not in out
+    assert written_value not in out
+    assert out == f"GET /ws/r?room=general&{written_name}=***&last_id=1 HTTP/1.1"
 
 
 SECRET_MESSAGES = [

@@ -16,17 +16,18 @@ a JWT from ``Authorization: Bearer`` or ``?token=`` and checks it as SPEC §5 sa
 
 An :class:`Identity` carries the user id (the ``from`` of everything the user
 sends), the glob patterns of the rooms the user may join and publish to (None:
-every room), a JSON object attached to the user's presence, and when the
-credentials expire: the hub closes the connection with 4001 at that moment
-unless the client refreshed them with ``{"type": "auth", "data": {"token": ...}}``.
-A refresh calls the same authenticator with a request that carries only the new
-token (``ConnectRequest.for_refresh``), and must name the same user.
+every room; see :class:`Identity` for the syntax, where ``*`` stops at the
+separators ``-`` ``.`` ``:`` and ``**`` does not), a JSON object attached to the
+user's presence, and when the credentials expire: the hub closes the connection
+with 4001 at that moment unless the client refreshed them with
+``{"type": "auth", "data": {"token": ...}}``. A refresh calls the same
+authenticator with a request that carries only the new token
+(``ConnectRequest.for_refresh``), and must name the same user.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import re
+import string
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from roomcast.errors import AuthError, ConfigError
+from roomcast.protocol import MAX_ROOM_LENGTH
 
 if TYPE_CHECKING:
     from roomcast.config import Settings
@@ -61,8 +63,11 @@ MAX_USER_ID_LENGTH: Final = 256
 MIN_SECRET_BYTES: Final = 32
 """Shortest HS256 secret accepted (RFC 7518 §3.2: at least the hash's size)."""
 
-# A room pattern: room-name characters plus the glob characters * ? [ ] !
-_ROOM_PATTERN: Final = re.compile(r"[A-Za-z0-9_\-.:@*?\[\]!]{1,256}")
+MAX_ROOM_PATTERN_LENGTH: Final = 256
+"""Longest room glob pattern (characters)."""
+
+ROOM_SEPARATORS: Final = "-.:"
+"""The room-name characters that ``*``, ``?`` and a class that does not name them never match."""
 
 
 # -- the request -----------------------------------------------------------------------------
@@ -143,22 +148,32 @@ class Identity:
     Attributes:
         user_id: the user id: the ``from`` of everything this connection sends,
             and the key of its presence (1-256 characters).
-        rooms: glob patterns (``*``, ``?``, ``[a-z]``) of the rooms the user may
-            connect to, join and publish to; None allows every room, an empty
-            sequence none.
+        rooms: glob patterns of the rooms the user may connect to, join and
+            publish to; None allows every room, an empty sequence none. A pattern
+            matches a whole room name, case-sensitively: ``*`` any run of
+            characters other than the separators ``-`` ``.`` ``:`` (so
+            ``team-red-*`` allows ``team-red-chat``, not ``team-red-ops-secret``),
+            ``**`` any run at all (``team-red-**`` allows both), ``?`` one
+            character other than a separator, ``[a-z0-9]`` one character of the
+            class and ``[!a-z]`` one outside it; a class matches a separator only
+            if it names it (``[-.]`` does; ``[0-@]``, whose range spans ``:``, and
+            ``[!a]`` do not). Any other character is a room-name character that
+            matches itself.
         info: a JSON object attached to the user's presence, or None.
         expires_at: when the credentials expire (Unix time, seconds); the
             connection is closed with 4001 then unless refreshed. None: never.
 
     Raises:
-        ValueError: a field does not have the shape described here.
+        ValueError: a field does not have the shape described here, or a pattern
+            is malformed (``***``, an unclosed ``[``, an empty or reversed class,
+            a character that is in no room name).
     """
 
     user_id: str
     rooms: Sequence[str] | None = None
     info: dict[str, Any] | None = None
     expires_at: float | None = None
-    _allowed: re.Pattern[str] | None = field(init=False, repr=False, compare=False, default=None)
+    _allowed: _RoomMatcher | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         user_id = self.user_id
@@ -174,19 +189,149 @@ class Identity:
         if isinstance(rooms, str | bytes) or not isinstance(rooms, Sequence | set | frozenset):
             raise ValueError("rooms must be a list of glob patterns")
         patterns = tuple(rooms)
-        for pattern in patterns:
-            if not isinstance(pattern, str) or not _ROOM_PATTERN.fullmatch(pattern):
-                raise ValueError("rooms must be a list of room-name glob patterns")
+        try:
+            allowed = _RoomMatcher(patterns)
+        except ValueError as exc:
+            raise ValueError(f"rooms must be a list of room-name glob patterns: {exc}") from None
         object.__setattr__(self, "rooms", patterns)
-        regex = "|".join(fnmatch.translate(p) for p in patterns) or r"(?!)"
-        object.__setattr__(self, "_allowed", re.compile(regex))
+        object.__setattr__(self, "_allowed", allowed)
 
     def allows(self, room: str) -> bool:
         """Whether the user may connect to, join and publish to ``room``."""
         if self.rooms is None:
             return True
         allowed = self._allowed
-        return allowed is not None and allowed.match(room) is not None
+        return allowed is not None and allowed.match(room)
+
+
+# -- room patterns ---------------------------------------------------------------------------
+
+_WORD_CHARS: Final = frozenset(string.ascii_letters + string.digits + "_@")
+_SEPARATOR_CHARS: Final = frozenset(ROOM_SEPARATORS)
+_ROOM_CHARS: Final = _WORD_CHARS | _SEPARATOR_CHARS
+_LOWEST: Final = min(map(ord, _ROOM_CHARS))
+_SPAN: Final = max(map(ord, _ROOM_CHARS)) - _LOWEST + 1
+
+# One element of a pattern: whether it repeats (a star), and the characters it consumes.
+_Element = tuple[bool, frozenset[str]]
+
+
+def _parse_room_pattern(pattern: object) -> list[_Element]:
+    """The elements of a room pattern (see :class:`Identity`), or ValueError if malformed."""
+    if not isinstance(pattern, str) or not 0 < len(pattern) <= MAX_ROOM_PATTERN_LENGTH:
+        raise ValueError(f"a room pattern is a string of 1-{MAX_ROOM_PATTERN_LENGTH} characters")
+    elements: list[_Element] = []
+    i, end = 0, len(pattern)
+    while i < end:
+        char = pattern[i]
+        if char == "*":
+            stars = len(pattern[i:]) - len(pattern[i:].lstrip("*"))
+            if stars > 2:
+                raise ValueError(f"{pattern!r}: use * or **, not {'*' * stars}")
+            elements.append((True, _ROOM_CHARS if stars == 2 else _WORD_CHARS))
+            i += stars
+        elif char == "?":
+            elements.append((False, _WORD_CHARS))
+            i += 1
+        elif char == "[":
+            i, chars = _parse_class(pattern, i + 1)
+            elements.append((False, chars))
+        elif char in _ROOM_CHARS:
+            elements.append((False, frozenset(char)))
+            i += 1
+        else:
+            raise ValueError(f"{pattern!r}: {char!r} is not in any room name")
+    return elements
+
+
+def _parse_class(pattern: str, start: int) -> tuple[int, frozenset[str]]:
+    """Parse the class that opens before ``start``; return where it ends and what it matches."""
+    negated = pattern.startswith("!", start)
+    i = start + 1 if negated else start
+    named: set[str] = set()  # written as a character or as the end of a range
+    spanned: set[str] = set()  # every character of the class
+    while i < len(pattern) and pattern[i] != "]":
+        low = pattern[i]
+        if low not in _ROOM_CHARS:
+            raise ValueError(f"{pattern!r}: {low!r} is not in any room name")
+        high = low
+        if pattern.startswith("-", i + 1) and i + 2 < len(pattern) and pattern[i + 2] != "]":
+            high = pattern[i + 2]
+            if high not in _ROOM_CHARS or high < low:
+                raise ValueError(f"{pattern!r}: bad range {low}-{high}")
+            i += 2
+        named.update((low, high))
+        spanned.update(c for c in _ROOM_CHARS if low <= c <= high)
+        i += 1
+    if i >= len(pattern):
+        raise ValueError(f"{pattern!r}: [ without ]")
+    if not spanned:
+        raise ValueError(f"{pattern!r}: empty class")
+    if negated:
+        return i + 1, _WORD_CHARS - spanned
+    return i + 1, frozenset(spanned - (_SEPARATOR_CHARS - named))
+
+
+class _RoomMatcher:
+    """Room patterns compiled into one NFA whose states are the bits of an integer.
+
+    State ``j`` of a pattern means "its first ``j`` elements are matched"; the
+    patterns sit side by side in the integer, each with a start bit and an
+    accept bit. A character moves every state whose element consumes it one bit
+    up, and keeps every state of a star that repeats on it; a star can also
+    match nothing, so its state implies the next one. Matching costs a few
+    integer operations per character of the room, whatever the patterns: there
+    is no backtracking to blow up.
+
+    Raises:
+        ValueError: a pattern is malformed.
+    """
+
+    __slots__ = ("_accept", "_stars", "_start", "_steps")
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        start = accept = stars = 0
+        consume = dict.fromkeys(_ROOM_CHARS, 0)
+        repeat = dict.fromkeys(_ROOM_CHARS, 0)
+        offset = 0
+        for pattern in patterns:
+            elements = _parse_room_pattern(pattern)
+            start |= 1 << offset
+            for j, (star, chars) in enumerate(elements, offset):
+                masks = repeat if star else consume
+                for char in chars:
+                    masks[char] |= 1 << j
+                if star:
+                    stars |= 1 << j
+            offset += len(elements)
+            accept |= 1 << offset
+            offset += 1
+        steps: list[tuple[int, int] | None] = [None] * _SPAN
+        shared: dict[tuple[int, int], tuple[int, int]] = {}
+        for char in _ROOM_CHARS:
+            step = (consume[char], repeat[char])
+            steps[ord(char) - _LOWEST] = shared.setdefault(step, step)
+        self._steps = tuple(steps)
+        self._stars = stars
+        self._start = start | ((start & stars) << 1)
+        self._accept = accept
+
+    def match(self, room: str) -> bool:
+        """Whether ``room`` matches one of the patterns (never when it is no room name)."""
+        if not 0 < len(room) <= MAX_ROOM_LENGTH:
+            return False
+        states, stars, steps = self._start, self._stars, self._steps
+        for char in room:
+            index = ord(char) - _LOWEST
+            step = steps[index] if 0 <= index < _SPAN else None
+            if step is None:
+                return False
+            consume, repeat = step
+            states = ((states & consume) << 1) | (states & repeat)
+            states |= (states & stars) << 1
+            if not states:
+                return False
+        return bool(states & self._accept)
 
 
 # -- authenticators -------------------------------------------------------------------------------
@@ -234,8 +379,10 @@ class JwtAuthenticator:
     key) tokens with ``public_key``. Each algorithm is tied to its own key, so
     ``alg: none`` and algorithm confusion (an HS256 token "signed" with the text
     of the public key) are refused. ``exp`` and ``nbf`` are checked when present,
-    ``aud`` and ``iss`` when configured (and then required); ``nbf`` and ``iat``
-    tolerate ``leeway`` seconds of clock skew. A token past its ``exp`` is
+    ``aud`` and ``iss`` when configured (and then required); without an
+    ``audience``, a token that names one (any ``aud`` claim) is refused: it was
+    minted for another service. ``nbf`` and ``iat`` tolerate ``leeway`` seconds
+    of clock skew. A token past its ``exp`` is
     refused: the connection would be closed at ``exp`` anyway.
 
     Claims: ``sub`` (required) is the user id; ``rooms`` (optional) a list of
@@ -244,7 +391,7 @@ class JwtAuthenticator:
     Args:
         secret: HS256 secret, at least 32 bytes.
         public_key: PEM public key (its text, or a path to it).
-        audience: the required ``aud``.
+        audience: the required ``aud``; None refuses every token with an ``aud``.
         issuer: the required ``iss``.
         leeway: seconds of clock skew tolerated on ``nbf`` and ``iat``.
         clock: wall-clock seconds (for ``exp``).
@@ -282,10 +429,7 @@ class JwtAuthenticator:
         self.issuer = issuer
         self.leeway = leeway
         self._clock = clock
-        self._options: dict[str, Any] = {
-            "require": ["sub"],
-            "verify_aud": audience is not None,
-        }
+        self._options: dict[str, Any] = {"require": ["sub"]}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JwtAuthenticator | None:
@@ -340,6 +484,9 @@ class JwtAuthenticator:
             raise AuthError(401, f"token lacks the {exc.claim!r} claim") from None
         except jwt.PyJWTError as exc:
             raise AuthError(401, _reason(exc)) from None
+        if self.audience is None and "aud" in claims:
+            # PyJWT lets an empty aud ("", []) through when no audience is expected.
+            raise AuthError(401, "token audience not accepted")
         exp = claims.get("exp")
         if exp is not None and float(exp) <= self._clock():
             raise AuthError(401, "token expired")
@@ -362,8 +509,7 @@ def _identity(claims: Mapping[str, Any]) -> Identity:
         raise AuthError(401, f"token sub must be a string of 1-{MAX_USER_ID_LENGTH} characters")
     rooms = claims.get("rooms")
     if rooms is not None and (
-        not isinstance(rooms, list)
-        or not all(isinstance(p, str) and _ROOM_PATTERN.fullmatch(p) for p in rooms)
+        not isinstance(rooms, list) or not all(_is_room_pattern(p) for p in rooms)
     ):
         raise AuthError(401, "token rooms claim must be a list of room glob patterns")
     info = claims.get("info")
@@ -376,6 +522,14 @@ def _identity(claims: Mapping[str, Any]) -> Identity:
         info=info,
         expires_at=float(exp) if exp is not None else None,
     )
+
+
+def _is_room_pattern(pattern: object) -> bool:
+    try:
+        _parse_room_pattern(pattern)
+    except ValueError:
+        return False
+    return True
 
 
 def _load_public_key(source: str | bytes | Path) -> tuple[str, Any]:

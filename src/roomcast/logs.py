@@ -18,7 +18,9 @@ Secrets never reach the output: :class:`RedactingFilter`, installed on the
 handler, passes the message, its arguments and every extra through
 :func:`redact`, which replaces the value of credential query parameters
 (``?token=…``), ``Authorization`` / ``X-API-Key`` header values and anything
-shaped like a JWT with ``***``. The formatters redact the tracebacks they render.
+shaped like a JWT with ``***``. It reads a query the way a server does,
+percent-escapes and ``+`` decoded, so ``?%74oken=…`` or a percent-encoded JWT
+is hidden too. The formatters redact the tracebacks they render.
 
 A client's doing is not the server's error, and must not let a client fill the
 logs with errors: uvicorn's WebSocket implementation logs a text frame with
@@ -37,6 +39,7 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import IO, Final, Literal
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -77,12 +80,23 @@ _REDACTIONS: Final = (
         rf"""(\b{_HEADER_NAMES}\s*[:=]\s*(?:(?:bearer|basic|digest|token)\s+)?)[^\s"',;]+""",
         re.IGNORECASE,
     ),
-    # ?token=abc&… / password=abc
-    re.compile(rf"""((?<!\w){_SECRET_NAMES}=)[^\s&#;"'<>]+""", re.IGNORECASE),
     # a JWT anywhere: three base64url segments, the first one a JSON object
     re.compile(r"(?<![\w-])()eyJ[\w-]+\.[\w-]+\.[\w-]*", re.ASCII),
 )
 _BEARER: Final = re.compile(r"(\bbearer\s+)([\w.~+/=-]{8,})", re.IGNORECASE | re.ASCII)
+
+# ?token=abc&… / password=abc: a name=value pair, its name in any spelling a server
+# decodes (percent-escapes, "+" for a space) up to the first "=" (or an encoded one,
+# which a server reads as part of the name), its value up to the end of the pair.
+# A query splits on "&" only (urllib.parse.parse_qsl), so ";" belongs to the value.
+_PAIR: Final = re.compile(
+    r"""(?<![\w%.~+-])((?:[\w.~+-]|%[0-9A-Fa-f]{2})+?)(=|%3[Dd])([^\s&#"'<>]+)"""
+)
+# A decoded name that is a credential's: ``token``, ``TOKEN``, ``a.token``, ``token `` (from
+# ``token+``); not ``tokens``, ``x_token`` or ``token_count``.
+_SECRET_NAME: Final = re.compile(rf"(?<!\w){_SECRET_NAMES}(?!\w)", re.IGNORECASE)
+# A credential's name=value anywhere in a (decoded) value.
+_SECRET_ASSIGNMENT: Final = re.compile(rf"(?<!\w){_SECRET_NAMES}\s*=[^\s&]", re.IGNORECASE)
 
 # Extras whose value is a credential whatever it looks like.
 _SECRET_KEYS: Final = frozenset(
@@ -116,6 +130,28 @@ def _mask_bearer(match: re.Match[str]) -> str:
     return match.group(1) + _MASK
 
 
+def _mask_pair(match: re.Match[str], *, nested: bool) -> str:
+    name, equals, value = match.groups()
+    if _SECRET_NAME.search(unquote_plus(name)):
+        return f"{name}{equals}{_MASK}"
+    if nested:
+        # A value that holds a credential once decoded: a percent-encoded JWT,
+        # "x=1%26token%3Dabc" or "x=1=token=abc" (a "token=abc" inside).
+        decoded = unquote_plus(value)
+        if (decoded != value or "=" in value) and (
+            _SECRET_ASSIGNMENT.search(decoded) or _redact(decoded, nested=False) != decoded
+        ):
+            return f"{name}{equals}{_MASK}"
+    return match.group(0)
+
+
+def _redact(text: str, *, nested: bool) -> str:
+    for pattern in _REDACTIONS:
+        text = pattern.sub(r"\g<1>" + _MASK, text)
+    text = _PAIR.sub(lambda match: _mask_pair(match, nested=nested), text)
+    return _BEARER.sub(_mask_bearer, text)
+
+
 def redact(text: str) -> str:
     """Return ``text`` with every credential it contains replaced by ``***``.
 
@@ -127,14 +163,20 @@ def redact(text: str) -> str:
     ``Name: value``, as JSON or as ASGI header pairs; a ``Bearer`` credential; and
     anything shaped like a JWT (three base64url segments, the first starting with
     ``eyJ``).
+
+    A pair is read as a server reads a query (``urllib.parse.parse_qsl``): its
+    name percent-decoded, ``+`` as a space, and in any case, so ``%74oken=``,
+    ``to%6Ben=`` and ``TOKEN=`` are credentials too; the value is replaced in
+    its original spelling. A pair whose decoded value holds a credential (a
+    percent-encoded JWT, an encoded ``token%3D…``) has its value replaced as well.
     Everything else is left as it was::
 
         >>> redact("/ws/general?token=eyJh.eyJz.sig&last_id=1")
         '/ws/general?token=***&last_id=1'
+        >>> redact("/ws/general?%74oken=abc%2Edef&last_id=1")
+        '/ws/general?%74oken=***&last_id=1'
     """
-    for pattern in _REDACTIONS:
-        text = pattern.sub(r"\g<1>" + _MASK, text)
-    return _BEARER.sub(_mask_bearer, text)
+    return _redact(text, nested=True)
 
 
 def _redact_value(key: str, value: object) -> object:
