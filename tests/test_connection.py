@@ -12,7 +12,7 @@ import pytest
 from roomcast.connection import Connection, Flusher, TokenBucket
 from roomcast.errors import CloseCode
 from roomcast.hub import Admission, HandlerConfig, Hub
-from roomcast.protocol import Encoded, Message
+from roomcast.protocol import Encoded, Message, MessageType
 from tests.support import MS
 
 # -- TokenBucket ---------------------------------------------------------------------------
@@ -82,8 +82,7 @@ class ListConnection(Connection):
         pending = self.pending
         if not pending or not self.can_write:
             return
-        self.written.append([e.payload for e in pending])
-        pending.clear()
+        self.written.append([bytes(e.payload) for e in self.take_pending()])
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         self.close_codes.append(code)
@@ -119,7 +118,7 @@ async def test_flusher_flushes_once_per_iteration(hub: Hub) -> None:
         flusher.mark(conn)
     assert conn.written == []  # nothing is written before the loop turns
     await asyncio.sleep(0)
-    assert conn.written == [[e.payload for e in frames(10)]]
+    assert conn.written == [[bytes(e.payload) for e in frames(10)]]
     await asyncio.sleep(0)
     assert len(conn.written) == 1
 
@@ -139,7 +138,7 @@ async def test_push_marks_once_and_flushes_in_order(hub: Hub) -> None:
     assert one.written == []
     assert two.written == []
     await asyncio.sleep(0)
-    assert one.written == [[e.payload for e in frames(10)]]
+    assert one.written == [[bytes(e.payload) for e in frames(10)]]
     assert two.decoded() == [{"n": 99}]
 
 
@@ -190,6 +189,51 @@ async def test_full_outbox_of_a_stuck_connection_closes_it_with_4008(hub: Hub) -
     assert conn.close_codes == [CloseCode.SLOW_CONSUMER]
     assert conn.written == []
     assert hub.connection_count == 0
+
+
+async def test_an_outbox_over_its_bytes_closes_a_stuck_connection_with_4008() -> None:
+    # 16 KiB a message, a 64 KiB byte bound: the fourth one reaches it, long
+    # before the 256-message bound.
+    async with Hub(send_queue_bytes=64 << 10) as hub:
+        conn = ListConnection(hub, writable=False)
+        hub.attach(conn, Admission(room=None))
+        await asyncio.sleep(0)
+        big = [Encoded(orjson.dumps({"pad": "x" * (16 << 10), "n": i})) for i in range(4)]
+        for encoded in big[:3]:
+            conn.push(encoded)
+        assert conn.pending is not None
+        assert conn.queued == sum(len(e.frame) for e in conn.pending)
+        conn.push(big[3])
+        assert conn.pending is None
+        await asyncio.sleep(0)
+        assert conn.close_codes == [CloseCode.SLOW_CONSUMER]
+
+
+async def test_an_outbox_over_its_bytes_is_written_at_once_when_it_can_be() -> None:
+    async with Hub(send_queue_bytes=64 << 10) as hub:
+        conn = ListConnection(hub)
+        big = [Encoded(orjson.dumps({"pad": "x" * (16 << 10), "n": i})) for i in range(4)]
+        for encoded in big:
+            conn.push(encoded)
+        assert len(conn.written) == 1
+        assert conn.queued == 0
+        assert [m["n"] for m in conn.decoded()] == [0, 1, 2, 3]
+        assert conn.close_codes == []
+
+
+async def test_the_fanout_counts_bytes_as_push_does() -> None:
+    async with Hub(send_queue_bytes=64 << 10) as hub:
+        stuck = [ListConnection(hub, writable=False) for _ in range(3)]
+        for conn in stuck:
+            hub.attach(conn, Admission(room="r"))
+        await asyncio.sleep(5 * MS)
+        pad = "x" * (16 << 10)
+        for i in range(3):
+            hub.broadcast(hub.messages.make(MessageType.CHAT, room="r", data={"pad": pad, "n": i}))
+        assert all(conn.pending is not None for conn in stuck)
+        hub.broadcast(hub.messages.make(MessageType.CHAT, room="r", data={"pad": pad, "n": 3}))
+        await asyncio.sleep(0)
+        assert [conn.close_codes for conn in stuck] == [[CloseCode.SLOW_CONSUMER]] * 3
 
 
 async def test_send_encodes_the_message(hub: Hub) -> None:

@@ -212,6 +212,8 @@ async def test_persistent_abuse_closes_1008(limited: ServerProcess, client: Conn
             break
     replies = await replies_until_closed(ws, 3000 * MS)
     assert ws.close_code == 1008
+    metrics = await get_metrics(limited.http)
+    assert metrics['realtime_policy_closes_total{reason="rate"}'] == 1
     pongs = [m for m in replies if m["type"] == "pong"]
     errors = [m for m in replies if m["type"] == "error"]
     assert RATE <= len(pongs) <= RATE + 2  # the burst, plus what refilled meanwhile

@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 
-from tests.support import MS, ServerProcess, rss_kib, upgrade_request, ws_connect
+from tests.support import MS, ServerProcess, get_metrics, rss_kib, upgrade_request, ws_connect
 
 Serve = Callable[..., ServerProcess]
 
@@ -45,6 +45,12 @@ def read_all(sock: socket.socket, timeout: float) -> bytes:
     return data
 
 
+def rejected(server: ServerProcess, status: int) -> float:
+    """``realtime_connections_rejected_total{status=...}`` of ``server``."""
+    metrics = asyncio.run(get_metrics(server.http))
+    return metrics.get(f'realtime_connections_rejected_total{{status="{status}"}}', 0.0)
+
+
 def test_a_half_sent_request_head_is_closed_at_the_deadline(serve: Serve) -> None:
     server = serve("--handshake-timeout", "0.5")
     with sockets() as socks:
@@ -56,6 +62,7 @@ def test_a_half_sent_request_head_is_closed_at_the_deadline(serve: Serve) -> Non
         took = time.monotonic() - started
     assert reply.startswith(b"HTTP/1.1 408"), reply
     assert 0.4 <= took < 2.0, took
+    assert rejected(server, 408) == 1
 
 
 def test_a_request_head_over_the_limit_gets_431_and_is_not_buffered(serve: Serve) -> None:
@@ -74,6 +81,7 @@ def test_a_request_head_over_the_limit_gets_431_and_is_not_buffered(serve: Serve
     assert reply.startswith(b"HTTP/1.1 431") or reply == b"", reply[:80]
     assert sent < 50 << 20, "the server went on reading a huge header"
     assert rss_kib(server.pid) - before < 8192
+    assert rejected(server, 431) == 1
     # A head within the limit still works.
     request = upgrade_request("/ws/fine", f"127.0.0.1:{server.port}")
     with sockets() as socks:
@@ -99,3 +107,5 @@ async def test_pending_heads_past_the_limit_are_refused_and_others_come_back(
         await asyncio.sleep(200 * MS)
         ws = await ws_connect(f"{server.ws}/back")
         await ws.close()
+    metrics = await get_metrics(server.http)
+    assert metrics['realtime_connections_rejected_total{status="503"}'] == 1

@@ -112,8 +112,7 @@ class AsgiConnection(Connection):
                 elif pending is None:
                     return  # the client went away
                 else:
-                    batch = pending[:]
-                    pending.clear()
+                    batch = self.take_pending()
                 self.busy = True
                 for encoded in batch:
                     await send({"type": "websocket.send", "text": encoded.text})
@@ -422,7 +421,7 @@ class ApiApp:
         limit = max(0, min(limit, 1000))
         since = request.query_params.get("since") or None
         page = await self.hub.broker.history(room, since=since, limit=limit)
-        messages = [orjson.Fragment(e.payload) for e in page.messages]
+        messages = [orjson.Fragment(bytes(e.payload)) for e in page.messages]
         return _json({"room": room, "epoch": page.epoch, "messages": messages})
 
     async def metrics(self, request: Request) -> Response:

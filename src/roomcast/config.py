@@ -459,6 +459,15 @@ class Settings:
             low=1,
         ),
     )
+    send_queue_bytes: int = field(
+        default=1 << 20,
+        metadata=_integer(
+            "bytes buffered per connection before it counts as too slow",
+            group="limits",
+            low=1024,
+            metavar="BYTES",
+        ),
+    )
     max_rooms_per_connection: int = field(
         default=100,
         metadata=_integer("rooms one connection may join", group="limits", low=1),
@@ -475,6 +484,24 @@ class Settings:
         default=40,
         metadata=_integer("messages a connection may send at once", group="limits", low=1),
     )
+    rate_bytes: int = field(
+        default=256 << 10,
+        metadata=_integer(
+            "bytes per second a connection may send (0 = no limit; --rate 0 turns it off too)",
+            group="limits",
+            low=0,
+            metavar="BYTES",
+        ),
+    )
+    burst_bytes: int = field(
+        default=1 << 20,
+        metadata=_integer(
+            "bytes a connection may send at once (at least --max-message-bytes)",
+            group="limits",
+            low=1,
+            metavar="BYTES",
+        ),
+    )
 
     # History
     history_size: int = field(
@@ -484,6 +511,43 @@ class Settings:
     history_ttl: float = field(
         default=300.0,
         metadata=_number("seconds a message is retained (0 = no history)", group="history"),
+    )
+    history_bytes: int = field(
+        default=1 << 20,
+        metadata=_integer(
+            "bytes of messages retained per room, oldest evicted first (0 = no bound)",
+            group="history",
+            low=0,
+            metavar="BYTES",
+        ),
+    )
+    history_max_bytes: int = field(
+        default=64 << 20,
+        metadata=_integer(
+            "bytes of messages the in-memory broker retains over all rooms, oldest"
+            " evicted first (0 = no bound)",
+            group="history",
+            low=0,
+            metavar="BYTES",
+        ),
+    )
+
+    # Presence
+    presence_events: bool = field(
+        default=True,
+        metadata=_switch(
+            "publish presence events to rooms (online, offline, status changes);"
+            " --no-presence-events keeps the presence state only",
+            group="presence",
+        ),
+    )
+    presence_interval: float = field(
+        default=1.0,
+        metadata=_number(
+            "seconds between two rounds of one connection's status announcements"
+            " (0 = announce every change)",
+            group="presence",
+        ),
     )
 
     # Redis
@@ -616,6 +680,11 @@ class Settings:
                 raise ConfigError(_problem(item.name, option, value))
         if self.auth_required and self.jwt_secret is None and self.jwt_public_key is None:
             raise ConfigError("--auth-required: needs --jwt-secret or --jwt-public-key")
+        if self.rate and self.rate_bytes and self.burst_bytes < self.max_message_bytes:
+            raise ConfigError(
+                f"--burst-bytes: must be at least --max-message-bytes ({self.max_message_bytes}),"
+                f" or a message of that size could never be sent; got {self.burst_bytes}"
+            )
 
     def __repr__(self) -> str:
         parts = []
@@ -637,6 +706,7 @@ _GROUP_TITLES: Final = {
     "network": "network",
     "limits": "limits",
     "history": "history (replay on reconnect)",
+    "presence": "presence",
     "redis": "redis (several servers)",
     "auth": "authentication",
     "api": "HTTP API",

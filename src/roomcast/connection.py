@@ -9,8 +9,10 @@ member's ``pending`` list and registers connections whose list just became
 non-empty with the :class:`Flusher`, which calls :meth:`Connection.flush` on each
 once per event-loop iteration: one write per connection per iteration, however many
 messages arrived in it. A connection whose pending list reaches ``send_queue``
-while its transport cannot take more is a slow consumer: it alone is closed with
-4008, and nobody waits for it.
+messages or ``send_queue_bytes`` bytes while its transport cannot take more is a
+slow consumer: it alone is closed with 4008, and nobody waits for it. (The
+transport holds at most one flush beyond its high-water mark, so a connection
+never holds much more than twice ``send_queue_bytes``.)
 
 Inbound, frames are handled in order. Most are handled synchronously; when one
 needs to wait (an async hook, a join), the rest of that connection's frames queue
@@ -43,7 +45,8 @@ _ids = itertools.count(1)
 class TokenBucket:
     """A token bucket: ``rate`` tokens per second, at most ``burst`` saved up.
 
-    ``rate`` 0 disables it (every :meth:`take` succeeds).
+    ``rate`` 0 disables it (every :meth:`take` succeeds). A token is a message,
+    a byte or a control frame, as the owner decides.
     """
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
@@ -54,17 +57,21 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = now
 
-    def take(self, now: float) -> bool:
-        """Take one token if there is one; return whether there was."""
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens if there are that many; return whether there were."""
         if not self.rate:
             return True
         tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
+        if tokens >= cost:
+            self.tokens = tokens - cost
             return True
         self.tokens = tokens
         return False
+
+    def give_back(self, cost: float = 1.0) -> None:
+        """Return tokens taken for something that was refused after all."""
+        self.tokens = min(self.burst, self.tokens + cost)
 
 
 class Flusher:
@@ -120,12 +127,15 @@ class Connection:
         remote: ``host:port`` of the client, for logs.
         status: the presence status the client set for itself.
         pending: encoded messages waiting for the next flush (None once closing).
+        queued: bytes of the frames in ``pending``.
     """
 
     __slots__ = (
         "__weakref__",
         "abuse",
         "bucket",
+        "byte_bucket",
+        "byte_limit",
         "closed",
         "config",
         "hub",
@@ -135,6 +145,7 @@ class Connection:
         "info",
         "limit",
         "pending",
+        "queued",
         "remote",
         "rooms",
         "state",
@@ -162,9 +173,14 @@ class Connection:
         self.rooms: set[str] = set()
         self.status = PresenceStatus.ONLINE
         self.pending: list[Encoded] | None = []
+        self.queued = 0
         self.limit = hub.send_queue
+        self.byte_limit = hub.send_queue_bytes
         now = hub.loop.time()
         self.bucket = TokenBucket(hub.rate, hub.burst, now)
+        self.byte_bucket = (
+            TokenBucket(hub.rate_bytes, hub.burst_bytes, now) if hub.rate_bytes else None
+        )
         self.abuse = TokenBucket(1.0, max(hub.burst, 10), now) if hub.rate else None
         self.inbox: deque[Any] | None = None
         self.worker: asyncio.Task[None] | None = None
@@ -191,14 +207,23 @@ class Connection:
         if pending is None:
             return
         pending.append(encoded)
+        self.queued += len(encoded.frame)
         n = len(pending)
         if n == 1:
             self.hub.flusher.mark(self)
-        elif n >= self.limit:
+        elif n >= self.limit or self.queued >= self.byte_limit:
             self.overflow()
 
+    def take_pending(self) -> list[Encoded]:
+        """Empty the pending list into a new one and return that (for :meth:`flush`)."""
+        pending = self.pending or []
+        batch = pending[:]
+        pending.clear()
+        self.queued = 0
+        return batch
+
     def overflow(self) -> None:
-        """The pending list reached ``send_queue``: write now if possible, else 4008."""
+        """The pending list reached its bound: write now if possible, else 4008."""
         if self.writable():
             self.flush()
             return

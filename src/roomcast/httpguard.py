@@ -19,6 +19,7 @@ Pass the class as ``uvicorn.Config(app, http=guarded_http_protocol(...))``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -27,12 +28,13 @@ __all__ = ["guarded_http_protocol"]
 
 
 class _Pending:
-    """Connections of one server still sending a request head."""
+    """Connections of one server still sending a request head, and who counts refusals."""
 
-    __slots__ = ("count",)
+    __slots__ = ("count", "on_refused")
 
-    def __init__(self) -> None:
+    def __init__(self, on_refused: Callable[[int], None] | None) -> None:
         self.count = 0
+        self.on_refused = on_refused
 
 
 class _GuardedHttpProtocol(HttpToolsProtocol):
@@ -108,6 +110,9 @@ class _GuardedHttpProtocol(HttpToolsProtocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        on_refused = self.pending.on_refused
+        if on_refused is not None:
+            on_refused(status)
         phrase = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}.get(
             status, b"Service Unavailable"
         )
@@ -120,7 +125,11 @@ class _GuardedHttpProtocol(HttpToolsProtocol):
 
 
 def guarded_http_protocol(
-    *, handshake_timeout: float, max_header_bytes: int, max_pending: int
+    *,
+    handshake_timeout: float,
+    max_header_bytes: int,
+    max_pending: int,
+    on_refused: Callable[[int], None] | None = None,
 ) -> type[HttpToolsProtocol]:
     """Return uvicorn's httptools protocol with the module's three limits.
 
@@ -128,6 +137,8 @@ def guarded_http_protocol(
         handshake_timeout: seconds a request head may take.
         max_header_bytes: largest request head (request line and headers).
         max_pending: connections that may be sending a head at once.
+        on_refused: called with the HTTP status of each connection refused
+            (408, 431 or 503), to count it.
     """
     return type(
         "GuardedHttpProtocol",
@@ -136,6 +147,6 @@ def guarded_http_protocol(
             "handshake_timeout": handshake_timeout,
             "max_header_bytes": max_header_bytes,
             "max_pending": max_pending,
-            "pending": _Pending(),
+            "pending": _Pending(on_refused),
         },
     )

@@ -49,6 +49,7 @@ from roomcast.errors import (
 from roomcast.limits import UserConnections
 from roomcast.metrics import Metrics
 from roomcast.origins import OriginPolicy
+from roomcast.presence import StatusCoalescer
 from roomcast.protocol import (
     ClientMessage,
     Encoded,
@@ -128,14 +129,32 @@ class Hub:
         max_connections: connections this pod accepts; more get HTTP 503.
         max_message_bytes: largest client frame; larger ones close with 1009.
         send_queue: messages buffered per connection before it is closed with 4008.
-        rate: client messages per second per connection (0 disables the limit).
+        send_queue_bytes: bytes buffered per connection before it is closed with
+            4008 (whichever of the two bounds is reached first).
+        rate: client messages per second per connection (0 disables the rate
+            limit, in messages and in bytes).
         burst: messages a connection may send at once before the rate applies.
+        rate_bytes: client bytes per second per connection (0 disables this side).
+        burst_bytes: bytes a connection may send at once before ``rate_bytes``
+            applies; at least ``max_message_bytes``.
         ping_interval: seconds between protocol pings to each connection.
         ping_timeout: seconds to wait for the pong before dropping the connection.
         history_size: messages kept per room by the default broker.
         history_ttl: seconds of inactivity before the default broker drops a room's history.
+        history_bytes: bytes of messages the default broker keeps per room.
+        history_max_bytes: bytes of messages the default broker keeps over all rooms.
         max_rooms_per_connection: rooms one connection may be in; a join beyond
             gets a ``forbidden_room`` error.
+        presence_events: publish ``presence`` messages to rooms (online on a
+            user's first join, offline on the last leave, status changes). When
+            False none are sent; the presence state (:meth:`presence`,
+            :meth:`rooms`, the HTTP API) is kept all the same.
+        presence_interval: seconds between two rounds of one connection's status
+            announcements: the first change goes out at once, later ones within
+            the interval only update the state, and when it ends the latest
+            status is announced in each room where it differs from what was
+            last announced there (0: every change at once). See
+            :mod:`roomcast.presence`.
         max_connections_per_user: connections one authenticated user may hold
             (0: no limit); more get HTTP 429.
         connect_rate: new connections per second per client address (0: no
@@ -157,16 +176,23 @@ class Hub:
         max_connections: int = 10_000,
         max_message_bytes: int = 65_536,
         send_queue: int = 256,
+        send_queue_bytes: int = 1 << 20,
         rate: float = 20.0,
         burst: int = 40,
+        rate_bytes: int = 256 << 10,
+        burst_bytes: int = 1 << 20,
         # Keepalive
         ping_interval: float = 20.0,
         ping_timeout: float = 20.0,
         # History (default broker)
         history_size: int = 100,
         history_ttl: float = 300.0,
+        history_bytes: int = 1 << 20,
+        history_max_bytes: int = 64 << 20,
         # Abuse limits
         max_rooms_per_connection: int = 100,
+        presence_events: bool = True,
+        presence_interval: float = 1.0,
         max_connections_per_user: int = 0,
         connect_rate: float = 0.0,
         user_connections: UserConnections | None = None,
@@ -177,9 +203,17 @@ class Hub:
         self.broker: Broker = (
             broker
             if broker is not None
-            else MemoryBroker(history_size=history_size, history_ttl=history_ttl)
+            else MemoryBroker(
+                history_size=history_size,
+                history_ttl=history_ttl,
+                history_bytes=history_bytes,
+                history_max_bytes=history_max_bytes,
+            )
         )
         self.metrics = Metrics(metrics_registry)
+        broker_ = self.broker
+        if isinstance(broker_, MemoryBroker):
+            self.metrics.history_bytes.set_function(lambda: broker_.retained_bytes)
         self.registry = Registry()
         self.messages = MessageFactory(id_factory=id_factory, clock=clock)
         self.clock = clock
@@ -188,13 +222,19 @@ class Hub:
         self.max_connections = max_connections
         self.max_message_bytes = max_message_bytes
         self.send_queue = send_queue
+        self.send_queue_bytes = send_queue_bytes
         self.rate = rate
         self.burst = burst
+        # rate 0 turns the whole rate limit off, the byte side included.
+        self.rate_bytes = rate_bytes if rate else 0
+        self.burst_bytes = max(burst_bytes, max_message_bytes) if rate_bytes else burst_bytes
         # Keepalive
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         # Abuse limits
         self.max_rooms_per_connection = max_rooms_per_connection
+        self.presence_events = presence_events
+        self.statuses = StatusCoalescer(presence_interval, self._announce_status)
         self.gate = Gate(
             self,
             max_connections_per_user=max_connections_per_user,
@@ -222,13 +262,20 @@ class Hub:
             "max_connections": settings.max_connections,
             "max_message_bytes": settings.max_message_bytes,
             "send_queue": settings.send_queue,
+            "send_queue_bytes": settings.send_queue_bytes,
             "rate": settings.rate,
             "burst": settings.burst,
+            "rate_bytes": settings.rate_bytes,
+            "burst_bytes": settings.burst_bytes,
             "ping_interval": settings.ping_interval,
             "ping_timeout": settings.ping_timeout,
             "history_size": settings.history_size,
             "history_ttl": settings.history_ttl,
+            "history_bytes": settings.history_bytes,
+            "history_max_bytes": settings.history_max_bytes,
             "max_rooms_per_connection": settings.max_rooms_per_connection,
+            "presence_events": settings.presence_events,
+            "presence_interval": settings.presence_interval,
             "max_connections_per_user": settings.max_connections_per_user,
             "connect_rate": settings.connect_rate,
         }
@@ -433,6 +480,7 @@ class Hub:
             return
         conn.closed = True
         conn.pending = None
+        self.statuses.forget(conn)
         self.gate.release(conn)
         if self.registry.connections.get(conn.id) is not conn:
             return
@@ -477,25 +525,11 @@ class Hub:
         next frame (see :meth:`Connection.receive`).
         """
         self.metrics.messages_received.inc()
-        if self.rate and not conn.bucket.take(now := self.loop.time()):
-            self.metrics.rate_limited.inc()
-            abuse = conn.abuse
-            if abuse is not None and not abuse.take(now):
-                _log.warning(
-                    "closing connection over the rate limit (1008)",
-                    extra={"conn_id": conn.id, "remote": conn.remote},
-                )
-                conn.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+        if conn.abuse is not None:
+            over = self._over_rate(conn, raw)
+            if over is not None:
+                self._rate_limited(conn, raw, over)
                 return None
-            self.send_error(
-                conn,
-                ProtocolError(
-                    ErrorCode.RATE_LIMITED,
-                    f"rate limit of {self.rate:g} messages/s exceeded; message dropped",
-                    ref=_ref_of(raw),
-                ),
-            )
-            return None
         try:
             msg = parse(raw)
             kind = msg.type
@@ -518,6 +552,40 @@ class Hub:
         except ProtocolError as exc:
             self.send_error(conn, exc)
             return None
+
+    def _over_rate(self, conn: Connection, raw: str | bytes) -> str | None:
+        # Which limit this frame is over (None: within both), in messages and bytes.
+        now = self.loop.time()
+        if self.rate and not conn.bucket.take(now):
+            return f"{self.rate:g} messages/s"
+        byte_bucket = conn.byte_bucket
+        if byte_bucket is not None:
+            size = len(raw) if isinstance(raw, bytes) or raw.isascii() else len(raw.encode())
+            if not byte_bucket.take(now, size):
+                if self.rate:
+                    conn.bucket.give_back()
+                return f"{self.rate_bytes} bytes/s"
+        return None
+
+    def _rate_limited(self, conn: Connection, raw: str | bytes, limit: str) -> None:
+        self.metrics.rate_limited.inc()
+        abuse = conn.abuse
+        if abuse is not None and not abuse.take(self.loop.time()):
+            _log.warning(
+                "closing connection over the rate limit (1008)",
+                extra={"conn_id": conn.id, "remote": conn.remote},
+            )
+            self.metrics.policy_closes.labels(reason="rate").inc()
+            conn.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+            return
+        self.send_error(
+            conn,
+            ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"rate limit of {limit} exceeded; message dropped",
+                ref=_ref_of(raw),
+            ),
+        )
 
     def send_error(self, conn: Connection, exc: ProtocolError) -> None:
         """Send ``exc`` to ``conn`` as an ``error`` message."""
@@ -662,7 +730,7 @@ class Hub:
         came_online = await self.broker.presence.add(
             room, user_id=conn.user_id, conn_id=conn.id, info=conn.info
         )
-        if came_online:
+        if came_online and self.presence_events:
             online = PresenceStatus.ONLINE
             self._announce(self.messages.presence(room, conn.user_id, online, info=conn.info))
 
@@ -728,19 +796,40 @@ class Hub:
         await self._after_leave(conn, room, last_local)
 
     async def _after_leave(self, conn: Connection, room: str, last_local: bool) -> None:
+        self.statuses.left(conn, room)
         went_offline = await self.broker.presence.remove(
             room, user_id=conn.user_id, conn_id=conn.id
         )
-        if went_offline and self.started:
+        if went_offline and self.started and self.presence_events:
             self._announce(self.messages.presence(room, conn.user_id, PresenceStatus.OFFLINE))
         if last_local:
             self._release(room)
 
     async def _set_status(self, conn: Connection, status: PresenceStatus, rooms: list[str]) -> None:
+        # The state changes at once; announcements go out at most once per
+        # --presence-interval per connection (see roomcast.presence).
         conn.status = status
+        statuses = self.statuses
+        sent = False
         for room in rooms:
-            if await self.broker.presence.set_status(room, user_id=conn.user_id, status=status):
-                self._announce(self.messages.presence(room, conn.user_id, status, info=conn.info))
+            changed = await self.broker.presence.set_status(
+                room, user_id=conn.user_id, status=status
+            )
+            if not self.presence_events:
+                continue
+            if statuses.holding(conn):
+                statuses.hold(conn, room, status, changed=changed)
+            elif changed:
+                self._announce_status(conn, room, status)
+                sent = True
+        if sent and self.started and not conn.closed:
+            statuses.sent(conn, self.loop)
+
+    def _announce_status(self, conn: Connection, room: str, status: PresenceStatus) -> bool:
+        if not self.started:
+            return False
+        self._announce(self.messages.presence(room, conn.user_id, status, info=conn.info))
+        return True
 
     def _auth(self, conn: Connection, msg: ClientMessage) -> Awaitable[None] | None:
         # Token refresh: the same authenticator, the same user, a later expiry.
@@ -883,13 +972,17 @@ class Hub:
             extra={"room": room, "repaired": repaired, "lost": lost},
         )
 
+    def handle_history_evicted(self, budget: str, count: int) -> None:
+        """Count retained messages a byte budget evicted early."""
+        self.metrics.history_evicted.labels(budget=budget).inc(count)
+
     def handle_duplicates(self, count: int) -> None:
         """Count publications the broker dropped as copies of ones already delivered."""
         self.metrics.duplicates_dropped.inc(count)
 
     def handle_presence_expired(self, room: str, user_id: str) -> None:
         """Announce that a user of a vanished pod went offline in ``room``."""
-        if self.started:
+        if self.started and self.presence_events:
             self._announce(self.messages.presence(room, user_id, PresenceStatus.OFFLINE))
 
     # -- application API --------------------------------------------------------------------

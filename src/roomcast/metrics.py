@@ -147,9 +147,28 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.history_evicted = Counter(
+            "realtime_history_evicted_messages",
+            "Retained messages evicted early by a byte budget: the room's own (budget=room)"
+            " or the pod's over all rooms (budget=pod).",
+            ["budget"],
+            registry=r,
+        )
+        self.history_bytes = Gauge(
+            "realtime_history_bytes",
+            "Bytes of messages the in-memory broker retains over all rooms.",
+            registry=r,
+        )
         self.slow_consumers = Counter(
             "realtime_slow_consumer_disconnects",
             "Connections closed with 4008 because their send queue filled.",
+            registry=r,
+        )
+        self.policy_closes = Counter(
+            "realtime_policy_closes",
+            "Connections closed with 1008, by reason: rate (persistent rate-limit abuse)"
+            " or pings (a ping flood, native front end).",
+            ["reason"],
             registry=r,
         )
         self.rate_limited = Counter(

@@ -94,6 +94,7 @@ class NativeConnection(Connection):
             return
         data = pending[0].frame if len(pending) == 1 else b"".join([e.frame for e in pending])
         pending.clear()
+        self.queued = 0
         self.transport.write(data)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
@@ -431,8 +432,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
                 self.conn.pong(bytes(frame.data))
         elif opcode is Opcode.CLOSE:
             self.close_received()
-        elif not self.controls.take(time.monotonic()):
+        elif not self.controls.take(time.monotonic()) and not self.close_sent:
             # A ping flood: each one costs a pong; a client has no need for more.
+            self.hub.metrics.policy_closes.labels(reason="pings").inc()
             self.fail(CloseCode.POLICY_VIOLATION, "too many control frames")
         # PING: the protocol queued the pong; write_protocol_data sends it.
 

@@ -200,19 +200,22 @@ class Encoded:
 
     The JSON payload is produced once, and so is the WebSocket frame that
     connections writing to their transport directly send (a 2 to 10 byte header
-    in front of the payload, built with it: nearly every message goes to such a
-    connection). The ``str`` form, for ASGI servers whose ``websocket.send``
-    takes text, is built on first use and cached. A fan-out to N members thus
-    builds each representation at most once.
+    in front of the payload: nearly every message goes to such a connection).
+    Only the frame is kept: :attr:`payload` is a view of its tail, so a message
+    waiting in send queues or in a room's history costs its size once, not twice.
+    The ``str`` form, for ASGI servers whose ``websocket.send`` takes text, is
+    built on first use and cached. A fan-out to N members thus builds each
+    representation at most once.
     """
 
-    __slots__ = ("_text", "frame", "message", "payload")
+    __slots__ = ("_text", "frame", "message", "start")
 
-    def __init__(self, payload: bytes, message: Message | None = None) -> None:
-        self.payload = payload
-        self.message = message
-        self.frame: bytes = _text_frame(payload)
+    def __init__(self, payload: bytes | memoryview, message: Message | None = None) -> None:
+        frame = _text_frame(payload)
+        self.frame: bytes = frame
         """The payload as one unmasked, unfragmented WebSocket text frame (RFC 6455 §5.2)."""
+        self.start = len(frame) - len(payload)
+        self.message = message
         self._text: str | None = None
 
     @classmethod
@@ -221,39 +224,53 @@ class Encoded:
         return cls(encode(message), message)
 
     @classmethod
-    def stored(cls, payload: bytes) -> Encoded:
+    def stored(cls, payload: bytes | memoryview) -> Encoded:
         """Rebuild an encoded message from a payload a broker kept (history replay).
 
         Raises:
             ProtocolError: ``payload`` is not a server message.
         """
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"not a message: {exc}") from None
-        if not isinstance(obj, dict):
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "not a message: not a JSON object")
-        return cls(payload, Message.from_dict(obj))
+        return cls(payload, _stored_message(payload))
+
+    @classmethod
+    def from_frame(cls, frame: bytes) -> Encoded:
+        """Rebuild an encoded message from a :attr:`frame` a broker kept, without a copy.
+
+        Raises:
+            ProtocolError: the frame's payload is not a server message.
+        """
+        encoded = cls.__new__(cls)
+        encoded.frame = frame
+        encoded.start = _header_size(frame)
+        encoded._text = None
+        encoded.message = _stored_message(encoded.payload)
+        return encoded
+
+    @property
+    def payload(self) -> memoryview:
+        """The JSON payload: a read-only view of :attr:`frame` after its header."""
+        return memoryview(self.frame)[self.start :]
 
     @property
     def text(self) -> str:
         """The payload decoded as ``str``."""
         text = self._text
         if text is None:
-            text = self._text = self.payload.decode()
+            text = self._text = str(self.payload, "utf-8")
         return text
 
     def __len__(self) -> int:
-        return len(self.payload)
+        return len(self.frame) - self.start
 
     def __repr__(self) -> str:
-        return f"Encoded({self.payload[:60]!r}{'…' if len(self.payload) > 60 else ''})"
+        head = bytes(self.payload[:60])
+        return f"Encoded({head!r}{'…' if len(self) > 60 else ''})"
 
 
 _SHORT_HEADERS: Final = tuple(bytes((0x81, n)) for n in range(126))
 
 
-def _text_frame(payload: bytes) -> bytes:
+def _text_frame(payload: bytes | memoryview) -> bytes:
     # Server-to-client frames are never masked, so a frame is a fixed header in
     # front of the payload: FIN + opcode 0x1, then the 7/16/64-bit length.
     n = len(payload)
@@ -262,6 +279,22 @@ def _text_frame(payload: bytes) -> bytes:
     if n < 65536:
         return b"\x81\x7e" + n.to_bytes(2, "big") + payload
     return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+def _stored_message(payload: bytes | memoryview) -> Message:
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"not a message: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "not a message: not a JSON object")
+    return Message.from_dict(obj)
+
+
+def _header_size(frame: bytes) -> int:
+    # The size of the header _text_frame put in front of the payload.
+    n = frame[1] & 0x7F
+    return 2 if n < 126 else 4 if n == 126 else 10
 
 
 @dataclass(slots=True)

@@ -83,16 +83,18 @@ class Registry:
         """
         dirty = flusher.dirty
         marked = len(dirty)
+        size = len(encoded.frame)
         n = 0
         for conn in conns:
             pending = conn.pending
             if pending is None:
                 continue
             pending.append(encoded)
-            size = len(pending)
-            if size == 1:
+            queued = conn.queued = conn.queued + size
+            count = len(pending)
+            if count == 1:
                 dirty.append(conn)
-            elif size >= conn.limit:
+            elif count >= conn.limit or queued >= conn.byte_limit:
                 conn.overflow()
             n += 1
         if len(dirty) != marked:

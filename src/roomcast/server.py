@@ -26,6 +26,7 @@ from roomcast.httpguard import guarded_http_protocol
 from roomcast.hub import HandlerConfig, Hub
 from roomcast.logs import configure_logging
 from roomcast.native import protocol_class
+from roomcast.wsguard import GuardedWebSocketProtocol
 
 __all__ = ["build_app", "build_hub", "handler_config", "run", "uvicorn_config"]
 
@@ -44,6 +45,7 @@ def build_hub(settings: Settings) -> Hub:
         prefix=settings.redis_prefix,
         history_size=settings.history_size,
         history_ttl=settings.history_ttl,
+        history_bytes=settings.history_bytes,
         presence_ttl=settings.presence_ttl,
     )
     extra: dict[str, Any] = {}
@@ -105,7 +107,7 @@ def build_app(hub: Hub, settings: Settings, config: HandlerConfig | None = None)
 def uvicorn_config(hub: Hub, settings: Settings, config: HandlerConfig | None = None) -> Any:
     """Return the ``uvicorn.Config`` that serves ``hub`` as ``settings`` describe."""
     handler = config or handler_config(settings)
-    ws: Any = protocol_class(hub, handler) if settings.ws == "native" else "websockets-sansio"
+    ws: Any = protocol_class(hub, handler) if settings.ws == "native" else GuardedWebSocketProtocol
     return uvicorn.Config(
         build_app(hub, settings, handler),
         host=settings.host,
@@ -115,6 +117,7 @@ def uvicorn_config(hub: Hub, settings: Settings, config: HandlerConfig | None = 
             handshake_timeout=settings.handshake_timeout,
             max_header_bytes=settings.max_header_bytes,
             max_pending=settings.max_pending_handshakes,
+            on_refused=lambda status: hub.metrics.rejected.labels(status=str(status)).inc(),
         ),
         ws=ws,
         ws_max_size=settings.max_message_bytes,

@@ -4,7 +4,8 @@ To run it against an implementation, subclass :class:`BrokerConformance` in a
 ``test_*.py`` module and provide two fixtures:
 
 ``make_broker``
-    An async factory ``make(handler, *, history_size=100, history_ttl=300.0)``
+    An async factory ``make(handler, *, history_size=100, history_ttl=300.0,
+    history_bytes=1 << 20)``
     returning a *started* broker that reports to ``handler``. The fixture closes
     every broker it made at teardown.
 
@@ -54,6 +55,7 @@ class Recorder:
         self.repairs: list[tuple[str, int, int]] = []
         self.duplicates = 0
         self.expired: list[tuple[str, str]] = []
+        self.evicted: list[tuple[str, int]] = []
 
     def handle_publication(self, encoded: Encoded) -> None:
         self.publications.append(encoded)
@@ -69,6 +71,9 @@ class Recorder:
 
     def handle_reconnect(self) -> None:
         self.reconnects += 1
+
+    def handle_history_evicted(self, budget: str, count: int) -> None:
+        self.evicted.append((budget, count))
 
     def handle_subscriber_lost(self) -> None:
         self.subscriber_drops += 1
@@ -102,7 +107,12 @@ class Recorder:
 
 class MakeBroker(Protocol):
     def __call__(
-        self, handler: Recorder, *, history_size: int = ..., history_ttl: float = ...
+        self,
+        handler: Recorder,
+        *,
+        history_size: int = ...,
+        history_ttl: float = ...,
+        history_bytes: int = ...,
     ) -> Awaitable[Broker]: ...
 
 
@@ -376,6 +386,43 @@ class BrokerConformance:
         kept = await broker.history(room, since=stored[2].id)
         assert kept.recovered is True
         assert page_ids(kept) == [stored[3].id, stored[4].id]
+
+    async def test_history_bytes_evict_oldest_and_keep_offsets_honest(
+        self, make_broker: MakeBroker, factory: MessageFactory, room: str
+    ) -> None:
+        # About 3 KiB a message and 10 KiB a room: three are kept, whatever the count bound.
+        recorder = Recorder()
+        broker = await make_broker(recorder, history_size=100, history_bytes=10 << 10)
+        pad = "x" * (3 << 10)
+        stored = [
+            await broker.publish(factory.make(MessageType.CHAT, room=room, data={"pad": pad}))
+            for _ in range(8)
+        ]
+        page = await broker.history(room)
+        assert offsets(page) == [6, 7, 8]  # the newest, contiguous, numbered as published
+        assert page.offset == 8
+        assert sum(len(e) for e in page.messages) <= 10 << 10
+        epoch = page.epoch
+        assert (await broker.history(room, since=stored[4].id)).recovered is False
+        kept = await broker.history(room, since=stored[5].id)
+        assert kept.recovered is True
+        assert page_ids(kept) == [stored[6].id, stored[7].id]
+        assert sum(n for budget, n in recorder.evicted if budget == "room") == 5
+        # Offsets go on from where they were, in the same epoch.
+        nxt = await broker.publish(factory.make(MessageType.CHAT, room=room, data="small"))
+        assert nxt.offset == 9
+        after = await broker.history(room)
+        assert after.epoch == epoch
+        assert offsets(after) == [6, 7, 8, 9]
+
+    async def test_history_bytes_keep_the_newest_message_whatever_its_size(
+        self, make_broker: MakeBroker, factory: MessageFactory, room: str
+    ) -> None:
+        broker = await make_broker(Recorder(), history_bytes=1024)
+        for _ in range(3):
+            await broker.publish(factory.make(MessageType.CHAT, room=room, data="x" * 4096))
+        page = await broker.history(room)
+        assert offsets(page) == [3]
 
     async def test_history_size_zero_keeps_nothing(
         self, make_broker: MakeBroker, factory: MessageFactory, room: str

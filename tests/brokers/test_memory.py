@@ -6,14 +6,19 @@ import asyncio
 import gc
 from collections.abc import AsyncIterator
 
-import orjson
 import pytest
 
 from roomcast.brokers.base import Broker
 from roomcast.brokers.memory import MemoryBroker, MemoryPresence
 from roomcast.errors import HubClosed
-from roomcast.protocol import Message, MessageFactory, MessageType
-from tests.brokers.conformance import AdvanceTime, BrokerConformance, MakeBroker, Recorder
+from roomcast.protocol import Encoded, Message, MessageFactory, MessageType
+from tests.brokers.conformance import (
+    AdvanceTime,
+    BrokerConformance,
+    MakeBroker,
+    Recorder,
+    offsets,
+)
 
 
 class FakeClock:
@@ -37,9 +42,18 @@ class TestMemoryBroker(BrokerConformance):
         brokers: list[MemoryBroker] = []
 
         async def make(
-            handler: Recorder, *, history_size: int = 100, history_ttl: float = 300.0
+            handler: Recorder,
+            *,
+            history_size: int = 100,
+            history_ttl: float = 300.0,
+            history_bytes: int = 1 << 20,
         ) -> Broker:
-            broker = MemoryBroker(history_size=history_size, history_ttl=history_ttl, clock=clock)
+            broker = MemoryBroker(
+                history_size=history_size,
+                history_ttl=history_ttl,
+                history_bytes=history_bytes,
+                clock=clock,
+            )
             await broker.start(handler)
             brokers.append(broker)
             return broker
@@ -87,7 +101,7 @@ async def test_history_keeps_the_published_bytes() -> None:
         page = await broker.history("r")
         assert len(page.messages) == 3
         for stored, handed in zip(page.messages, recorder.publications, strict=True):
-            assert stored.payload is handed.payload  # encoded once, kept as is
+            assert stored.frame is handed.frame  # encoded once, kept as is (one copy)
             assert stored.message == handed.message
     finally:
         await broker.close()
@@ -106,7 +120,10 @@ async def test_history_adds_nothing_to_the_cyclic_collector() -> None:
         entries = list(broker._streams["r"].entries)
         assert len(entries) == 50
         assert not any(gc.is_tracked(entry) for entry in entries)
-        assert [orjson.loads(payload)["data"]["n"] for _, payload in entries] == list(range(30, 80))
+        assert not any(gc.is_tracked(record) for record in broker._order)  # eviction order
+        assert [Encoded.from_frame(frame).message.data["n"] for _, frame in entries] == list(
+            range(30, 80)
+        )
     finally:
         await broker.close()
 
@@ -155,3 +172,59 @@ async def test_no_sweeper_without_history() -> None:
 
 def test_default_presence_store() -> None:
     assert isinstance(MemoryBroker().presence, MemoryPresence)
+
+
+async def test_the_pod_byte_bound_evicts_the_oldest_messages_of_any_room() -> None:
+    recorder = Recorder()
+    broker = MemoryBroker(history_bytes=0, history_max_bytes=20 << 10)
+    await broker.start(recorder)
+    try:
+        factory = MessageFactory()
+        pad = "x" * (3 << 10)
+        # Rooms a, b, c in turn: a1 b1 c1 a2 b2 c2 ... about 3 KiB each.
+        for i in range(1, 5):
+            for room in "abc":
+                broker.publish(factory.make(MessageType.CHAT, room=room, data={"pad": pad, "i": i}))
+        assert broker.retained_bytes <= 20 << 10
+        kept = {room: offsets(await broker.history(room)) for room in "abc"}
+        # 12 published, 6 fit: the six oldest went, over all rooms, oldest first.
+        assert kept == {"a": [3, 4], "b": [3, 4], "c": [3, 4]}
+        assert sum(n for budget, n in recorder.evicted if budget == "pod") == 6
+        frames = [f for s in broker._streams.values() for _, f in s.entries]
+        assert broker.retained_bytes == sum(len(f) for f in frames)
+        assert [(await broker.history(room)).offset for room in "abc"] == [4, 4, 4]
+    finally:
+        await broker.close()
+
+
+async def test_retained_bytes_are_given_back_when_a_history_expires(clock: FakeClock) -> None:
+    broker = MemoryBroker(history_ttl=10, clock=clock)
+    await broker.start(Recorder())
+    try:
+        factory = MessageFactory()
+        for _ in range(5):
+            broker.publish(chat(factory, "r", "x" * 1000))
+        assert broker.retained_bytes > 5000
+        epoch = (await broker.history("r")).epoch
+        clock.now += 11
+        page = await broker.history("r")  # expired: a new history in a new epoch
+        assert page.epoch != epoch
+        assert page.messages == []
+        assert broker.retained_bytes == 0
+    finally:
+        await broker.close()
+
+
+async def test_the_eviction_order_does_not_grow_past_the_retained_entries() -> None:
+    # Rooms that only ever evict by their own count bound leave stale records
+    # in the pod's eviction order; they are compacted away.
+    broker = MemoryBroker(history_size=2)
+    await broker.start(Recorder())
+    try:
+        factory = MessageFactory()
+        for i in range(20_000):
+            broker.publish(chat(factory, f"r{i % 10}", "x"))
+        assert sum(len(s.entries) for s in broker._streams.values()) == 20
+        assert len(broker._order) <= 2 * 20 + 1024
+    finally:
+        await broker.close()

@@ -91,10 +91,18 @@ class TestRedisBroker(BrokerConformance):
         brokers: list[RedisBroker] = []
 
         async def make(
-            handler: Recorder, *, history_size: int = 100, history_ttl: float = 300.0
+            handler: Recorder,
+            *,
+            history_size: int = 100,
+            history_ttl: float = 300.0,
+            history_bytes: int = 1 << 20,
         ) -> Broker:
             broker = RedisBroker(
-                redis_url, prefix=prefix, history_size=history_size, history_ttl=history_ttl
+                redis_url,
+                prefix=prefix,
+                history_size=history_size,
+                history_ttl=history_ttl,
+                history_bytes=history_bytes,
             )
             brokers.append(broker)
             await broker.start(handler)

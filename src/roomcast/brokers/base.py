@@ -68,6 +68,10 @@ class BrokerHandler(Protocol):
         were no longer retained (members see the offset jump and recover).
         """
 
+    def handle_history_evicted(self, budget: str, count: int) -> None:
+        """``count`` retained messages were evicted early by a byte ``budget``
+        (``"room"``: the room's own, ``"pod"``: all rooms' together)."""
+
     def handle_duplicates(self, count: int) -> None:
         """The broker dropped ``count`` copies of publications already handed over."""
 

@@ -3,11 +3,18 @@
 Publishing a room message appends it to the room's bounded history and hands it
 straight back to the hub, in the same call, so a single pod delivers each message
 exactly once, in history order, with no extra task or copy.
+
+History is bounded three ways: ``history_size`` messages and ``history_bytes``
+bytes per room, and ``history_max_bytes`` bytes over all rooms. Past a bound the
+oldest messages go first (over all rooms, for the pod's bound). Eviction never
+renumbers anything: offsets keep counting and the epoch stays, so a client that
+asks to recover from an evicted message gets ``recovered: false``, never a gap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from collections import deque
@@ -24,29 +31,36 @@ from roomcast.brokers.base import (
     page_of,
 )
 from roomcast.errors import HubClosed, ProtocolError
-from roomcast.protocol import RETAINED_TYPES, Encoded, Message, PresenceStatus, encode
+from roomcast.protocol import RETAINED_TYPES, Encoded, Message, PresenceStatus
 from roomcast.supervisor import Supervisor
 
 __all__ = ["MemoryBroker", "MemoryPresence"]
 
 
 class _Stream:
-    """One room's history: an epoch, the last offset, and a bounded deque.
+    """One room's history: an epoch, the last offset, the entries and their size.
 
-    Entries are plain ``(id, payload)`` tuples of a string and bytes, which
-    Python's cyclic garbage collector stops tracking after its first look at
-    them: a full history of every room then adds nothing to the full
-    collections' work (holding the messages themselves made each such pause
-    grow with the history, to a fifth of a second at 1,000 rooms).
+    Entries are plain ``(id, frame)`` tuples of a string and bytes (the frame
+    members were sent, see :class:`~roomcast.protocol.Encoded`), which Python's
+    cyclic garbage collector stops tracking after its first look at them: a full
+    history of every room then adds nothing to the full collections' work
+    (holding the messages themselves made each such pause grow with the
+    history, to a fifth of a second at 1,000 rooms).
     """
 
-    __slots__ = ("entries", "epoch", "offset", "touched")
+    __slots__ = ("bytes", "entries", "epoch", "offset", "touched")
 
-    def __init__(self, size: int, now: float) -> None:
+    def __init__(self, now: float) -> None:
         self.epoch = secrets.token_hex(4)
         self.offset = 0
-        self.entries: deque[tuple[str, bytes]] = deque(maxlen=size)
+        self.entries: deque[tuple[str, bytes]] = deque()
+        self.bytes = 0
         self.touched = now
+
+    @property
+    def first(self) -> int:
+        """The offset of the oldest entry (``offset + 1`` when there is none)."""
+        return self.offset - len(self.entries) + 1
 
 
 class _Published:
@@ -73,6 +87,10 @@ class MemoryBroker:
         history_size: messages kept per room (0 disables history).
         history_ttl: seconds after a room's last publication when its history is
             dropped (0 disables history).
+        history_bytes: bytes of messages kept per room (the newest message is
+            kept whatever its size); 0 for no bound in bytes.
+        history_max_bytes: bytes of messages kept over all rooms; past it the
+            oldest messages of any room go first. 0 for no bound.
         clock: monotonic seconds, injectable for tests.
     """
 
@@ -81,14 +99,25 @@ class MemoryBroker:
         *,
         history_size: int = 100,
         history_ttl: float = 300.0,
+        history_bytes: int = 1 << 20,
+        history_max_bytes: int = 64 << 20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.presence: PresenceStore = MemoryPresence()
         # SPEC §1: either option at 0 disables history.
         self._history_size = history_size if history_ttl > 0 else 0
         self._history_ttl = history_ttl
+        self._room_bytes = history_bytes or math.inf
+        self._max_bytes = history_max_bytes or math.inf
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
+        # Every retained entry as (room, epoch, offset), oldest first, over all
+        # rooms: the order the pod's byte bound evicts in. Records of entries
+        # already gone are skipped then, and compacted away when they pile up.
+        self._order: deque[tuple[str, str, int]] = deque()
+        self._entries = 0
+        self.retained_bytes = 0
+        """Bytes of messages retained over all rooms."""
         self._handler: BrokerHandler | None = None
         self._loops = Supervisor()
 
@@ -109,6 +138,8 @@ class MemoryBroker:
         self._handler = None
         await self._loops.close()
         self._streams.clear()
+        self._order.clear()
+        self._entries = self.retained_bytes = 0
 
     def publish(self, message: Message) -> Awaitable[Message]:
         """Append ``message`` to its room's history if retained, then hand it back.
@@ -127,17 +158,72 @@ class MemoryBroker:
             stream = self._open(room, now := self._clock())
             message.offset = stream.offset + 1
             try:
-                payload = encode(message)
+                encoded = Encoded.of(message)
             except ProtocolError:
                 message.offset = None  # nothing taken: the next message gets this offset
                 raise
             stream.touched = now
             stream.offset += 1
-            stream.entries.append((message.id, payload))
+            self._retain(room, stream, message.id, encoded.frame)
         else:
-            payload = encode(message)
-        handler.handle_publication(Encoded(payload, message))
+            encoded = Encoded.of(message)
+        handler.handle_publication(encoded)
         return _Published(message)
+
+    def _retain(self, room: str, stream: _Stream, message_id: str, frame: bytes) -> None:
+        entries = stream.entries
+        entries.append((message_id, frame))
+        size = len(frame)
+        stream.bytes += size
+        self.retained_bytes += size
+        self._entries += 1
+        self._order.append((room, stream.epoch, stream.offset))
+        evicted = 0
+        while len(entries) > self._history_size:
+            self._evict_oldest(stream)
+        while stream.bytes > self._room_bytes and len(entries) > 1:
+            self._evict_oldest(stream)
+            evicted += 1
+        if evicted and self._handler is not None:
+            self._handler.handle_history_evicted("room", evicted)
+        if self.retained_bytes > self._max_bytes:
+            self._evict_pod()
+        if len(self._order) > 2 * self._entries + 1024:
+            self._compact()
+
+    def _evict_oldest(self, stream: _Stream) -> None:
+        _, frame = stream.entries.popleft()
+        stream.bytes -= len(frame)
+        self.retained_bytes -= len(frame)
+        self._entries -= 1
+
+    def _evict_pod(self) -> None:
+        # The oldest entries of any room go until the pod is within its bound.
+        order, streams = self._order, self._streams
+        evicted = 0
+        while self.retained_bytes > self._max_bytes and order:
+            room, epoch, offset = order.popleft()
+            stream = streams.get(room)
+            if stream is not None and stream.epoch == epoch and stream.first == offset:
+                self._evict_oldest(stream)
+                evicted += 1
+        if evicted and self._handler is not None:
+            self._handler.handle_history_evicted("pod", evicted)
+
+    def _compact(self) -> None:
+        # Drop the records of entries evicted by a room's own bounds or expired.
+        streams = self._streams
+
+        def live(record: tuple[str, str, int]) -> bool:
+            stream = streams.get(record[0])
+            return stream is not None and stream.epoch == record[1] and record[2] >= stream.first
+
+        self._order = deque(filter(live, self._order))
+
+    def _drop(self, room: str) -> None:
+        stream = self._streams.pop(room)
+        self.retained_bytes -= stream.bytes
+        self._entries -= len(stream.entries)
 
     async def subscribe(self, room: str) -> None:
         """Nothing to do: every publication is handed back in-process."""
@@ -159,7 +245,7 @@ class MemoryBroker:
             room=room,
             epoch=stream.epoch,
             offset=stream.offset,
-            messages=[Encoded.stored(payload) for _, payload in selected],
+            messages=[Encoded.from_frame(frame) for _, frame in selected],
             recovered=recovered,
         )
 
@@ -167,7 +253,9 @@ class MemoryBroker:
         # The room's live stream; an expired one is replaced by a new epoch.
         stream = self._streams.get(room)
         if stream is None or self._expired(stream, now):
-            stream = self._streams[room] = _Stream(self._history_size, now)
+            if stream is not None:
+                self._drop(room)
+            stream = self._streams[room] = _Stream(now)
         return stream
 
     def _expired(self, stream: _Stream, now: float) -> bool:
@@ -180,7 +268,7 @@ class MemoryBroker:
             await asyncio.sleep(interval)
             now = self._clock()
             for room in [r for r, s in self._streams.items() if self._expired(s, now)]:
-                del self._streams[room]
+                self._drop(room)
 
 
 class _Presence:

@@ -120,6 +120,9 @@ class RedisBroker:
         history_size: messages kept per room (0 disables history).
         history_ttl: seconds after a room's last publication when its history
             expires (0 disables history).
+        history_bytes: bytes of messages kept per room (the newest message is
+            kept whatever its size); 0 for no bound in bytes. Redis's own
+            ``maxmemory`` bounds all rooms together (docs/topics/scaling.md).
         presence_ttl: seconds after which the connections of a pod that stopped
             refreshing them are forgotten (and their users go offline).
         health_interval: seconds between subscriber health probes; a probe that
@@ -137,6 +140,7 @@ class RedisBroker:
         prefix: str = "realtime",
         history_size: int = 100,
         history_ttl: float = 300.0,
+        history_bytes: int = 1 << 20,
         presence_ttl: float = 30.0,
         health_interval: float = 1.0,
         command_timeout: float = 5.0,
@@ -147,6 +151,7 @@ class RedisBroker:
         # SPEC §1: either option at 0 disables history.
         self.history_size = history_size if history_ttl > 0 else 0
         self.history_ttl = history_ttl
+        self.history_bytes = history_bytes
         self.health_interval = health_interval
         self.node_id = node_id or secrets.token_hex(4)
         # Reads, presence and probes are idempotent: one quick retry on a dropped
@@ -428,6 +433,7 @@ class RedisBroker:
                             size,
                             ttl,
                             secrets.token_hex(4),
+                            self.history_bytes,
                         )
                         scripted.append(True)
                     else:
@@ -488,8 +494,10 @@ class RedisBroker:
                         handler.handle_publish_error(publication.message, result)
                     else:
                         handler.handle_publish_unknown(publication.message, result)
-            elif isinstance(result, list):  # [offset, epoch, already stored] from the script
+            elif isinstance(result, list):  # [offset, epoch, already stored, evicted]
                 publication.message.offset = int(result[0])
+                if len(result) > 3 and result[3] and handler is not None:
+                    handler.handle_history_evicted("room", int(result[3]))
             publication.settle()
         if reload:
             with contextlib.suppress(RedisError, OSError):
@@ -618,15 +626,17 @@ class RedisBroker:
             if handler is None:
                 continue
             epoch: str | None = None
+            payload: bytes | memoryview = data
             if data[:1] != b"{":  # "<epoch> <payload>" from the publish script
-                epoch_raw, _, data = data.partition(b" ")
-                epoch = epoch_raw.decode()
+                space = data.find(b" ")
+                epoch = data[:space].decode()
+                payload = memoryview(data)[space + 1 :]  # framed without a copy first
             try:
-                message = Message.from_dict(orjson.loads(data))
+                message = Message.from_dict(orjson.loads(payload))
             except (orjson.JSONDecodeError, ProtocolError, UnicodeDecodeError):
                 _log.warning("ignoring a malformed publication", extra={"channel": channel})
                 continue
-            encoded = Encoded(data, message)
+            encoded = Encoded(payload, message)
             if channel == global_channel:
                 handler.handle_publication(encoded)
                 continue

@@ -138,7 +138,7 @@ class Feed:
         return False
 
     def _hold(self, held: _Held, epoch: str | None, encoded: Encoded) -> None:
-        size = len(encoded.payload)
+        size = len(encoded)
         if self.held_bytes + size > self.max_held_bytes:
             self._release(held)
             held.overflowed = True

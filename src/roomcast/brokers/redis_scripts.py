@@ -19,17 +19,19 @@ __all__ = [
 ]
 
 PUBLISH: Final = """
--- KEYS: meta (hash: epoch, offset), stream (history), ids (hash: message id -> offset)
+-- KEYS: meta (hash: epoch, offset, bytes), stream (history), ids (hash: message id -> offset)
 -- ARGV: channel, payload (JSON object without offset), message id,
---       history size, history ttl (s, 0 = none), epoch to use if the history is new
--- Returns {offset, epoch, 1 if the id was already stored (nothing done) else 0}.
+--       history size, history ttl (s, 0 = none), epoch to use if the history is new,
+--       history bytes (0 = no bound; the newest entry stays whatever its size)
+-- Returns {offset, epoch, 1 if the id was already stored (nothing done) else 0,
+--          entries evicted for the byte bound}.
 -- Idempotent: a retry of a publication whose reply was lost stores and publishes
 -- nothing again while its id is retained, and returns the offset it got.
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch and redis.call('HEXISTS', KEYS[1], 'offset') == 1 then
   local stored = redis.call('HGET', KEYS[3], ARGV[3])
   if stored then
-    return {tonumber(stored), epoch, 1}
+    return {tonumber(stored), epoch, 1, 0}
   end
 else
   -- A new history: none yet, or only its epoch (set by a reader). A stream left
@@ -37,23 +39,49 @@ else
   -- XADD would refuse the smaller entry id and every publication would fail.
   epoch = epoch or ARGV[6]
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0, 'bytes', 0)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local payload = string.sub(ARGV[2], 1, -2) .. ',"offset":' .. offset .. '}'
 redis.call('XADD', KEYS[2], offset .. '-0', 'i', ARGV[3], 'p', payload)
 redis.call('HSET', KEYS[3], ARGV[3], offset)
--- Keep history size entries; the ids of the ones dropped go with them.
+local size = redis.call('HINCRBY', KEYS[1], 'bytes', #payload)
+-- Keep history size entries; the ids and sizes of the ones dropped go with them.
 local oldest = offset - tonumber(ARGV[4])
 if oldest >= 1 then
   local gone = redis.call('XRANGE', KEYS[2], '-', oldest .. '-0')
   for _, entry in ipairs(gone) do
     redis.call('HDEL', KEYS[3], entry[2][2])
+    size = size - #entry[2][4]
   end
   if #gone > 0 then
     redis.call('XTRIM', KEYS[2], 'MINID', (oldest + 1) .. '-0')
   end
 end
+-- Keep at most history bytes: the oldest entries go first, the newest stays.
+local limit = tonumber(ARGV[7] or '0')
+local evicted = 0
+while limit > 0 and size > limit do
+  local batch = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 16)
+  local last = nil
+  for _, entry in ipairs(batch) do
+    if size <= limit or entry[1] == offset .. '-0' then
+      break
+    end
+    redis.call('HDEL', KEYS[3], entry[2][2])
+    size = size - #entry[2][4]
+    last = entry[1]
+    evicted = evicted + 1
+  end
+  if last == nil then
+    break
+  end
+  redis.call('XTRIM', KEYS[2], 'MINID', (tonumber(string.match(last, '^%d+')) + 1) .. '-0')
+end
+if size < 0 then
+  size = 0  -- entries stored before sizes were counted
+end
+redis.call('HSET', KEYS[1], 'bytes', size)
 local ttl = tonumber(ARGV[5])
 if ttl > 0 then
   redis.call('EXPIRE', KEYS[1], ttl)
@@ -62,7 +90,7 @@ if ttl > 0 then
 end
 -- Subscribers get the epoch in front of the payload: "<epoch> <payload>".
 redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. payload)
-return {offset, epoch, 0}
+return {offset, epoch, 0, evicted}
 """
 
 READ_PAGE: Final = """
