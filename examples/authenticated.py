@@ -7,7 +7,8 @@ from the session, never from the request body). Its claims:
 - ``sub``: the user id: the ``from`` of everything the user sends, whatever the
   client puts there;
 - ``rooms``: the rooms the user may connect to, join and publish to
-  (``lobby``, ``user-alice``, any ``team-*``);
+  (``lobby``, ``user-alice``, any ``team-<name>``: ``*`` stops at ``-``, ``.``
+  and ``:``, ``team-**`` would allow every level);
 - ``info``: shown in the user's presence;
 - ``exp``: 15 minutes; before then the client sends
   ``{"type": "auth", "data": {"token": "<new token>"}}``, or the connection is
