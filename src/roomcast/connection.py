@@ -10,9 +10,11 @@ non-empty with the :class:`Flusher`, which calls :meth:`Connection.flush` on eac
 once per event-loop iteration: one write per connection per iteration, however many
 messages arrived in it. A connection whose pending list reaches ``send_queue``
 messages or ``send_queue_bytes`` bytes while its transport cannot take more is a
-slow consumer: it alone is closed with 4008, and nobody waits for it. (The
+slow consumer: it alone is closed with 4008, and nobody waits for it. Only
+frames larger than ``send_queue_bytes / send_queue`` are counted in bytes (the
+message bound covers the rest, and the fan-out loop stays short), and the
 transport holds at most one flush beyond its high-water mark, so a connection
-never holds much more than twice ``send_queue_bytes``.)
+holds at most about twice ``send_queue_bytes``.
 
 Inbound, frames are handled in order. Most are handled synchronously; when one
 needs to wait (an async hook, a join), the rest of that connection's frames queue
@@ -127,7 +129,9 @@ class Connection:
         remote: ``host:port`` of the client, for logs.
         status: the presence status the client set for itself.
         pending: encoded messages waiting for the next flush (None once closing).
-        queued: bytes of the frames in ``pending``.
+        queued: bytes of the frames in ``pending`` larger than the hub's
+            ``small_frame`` (smaller ones are bounded by the message count:
+            ``send_queue`` of them take at most ``send_queue_bytes``).
     """
 
     __slots__ = (
@@ -207,7 +211,9 @@ class Connection:
         if pending is None:
             return
         pending.append(encoded)
-        self.queued += len(encoded.frame)
+        size = len(encoded.frame)
+        if size > self.hub.small_frame:
+            self.queued += size
         n = len(pending)
         if n == 1:
             self.hub.flusher.mark(self)

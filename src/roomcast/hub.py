@@ -223,6 +223,8 @@ class Hub:
         self.max_message_bytes = max_message_bytes
         self.send_queue = send_queue
         self.send_queue_bytes = send_queue_bytes
+        self.small_frame = send_queue_bytes // max(1, send_queue)
+        """Frames up to this size are bounded by the message count alone (see connection)."""
         self.rate = rate
         self.burst = burst
         # rate 0 turns the whole rate limit off, the byte side included.
@@ -906,7 +908,7 @@ class Hub:
             self._hold(room, encoded)
         if not conns:
             return
-        n = Registry.fanout(conns, encoded, self.flusher)
+        n = Registry.fanout(conns, encoded, self.flusher, self.small_frame)
         metrics = self.metrics
         metrics.messages_sent.inc(n)
         metrics.fanouts.inc()

@@ -75,28 +75,45 @@ class Registry:
         return self.rooms.get(room) or set()
 
     @staticmethod
-    def fanout(conns: Iterable[Connection], encoded: Encoded, flusher: Flusher) -> int:
+    def fanout(
+        conns: Iterable[Connection], encoded: Encoded, flusher: Flusher, small: int = 0
+    ) -> int:
         """Queue ``encoded`` on every connection in ``conns``; return how many took it.
 
         This is :meth:`Connection.push` inlined: the same bytes object is appended
-        to each pending list, and nothing is written until the flusher runs.
+        to each pending list, and nothing is written until the flusher runs. A
+        frame of at most ``small`` bytes (the hub's
+        :attr:`~roomcast.hub.Hub.small_frame`) is not added to the byte count:
+        the message bound covers those, and the hottest loop stays as short.
         """
         dirty = flusher.dirty
         marked = len(dirty)
-        size = len(encoded.frame)
         n = 0
-        for conn in conns:
-            pending = conn.pending
-            if pending is None:
-                continue
-            pending.append(encoded)
-            queued = conn.queued = conn.queued + size
-            count = len(pending)
-            if count == 1:
-                dirty.append(conn)
-            elif count >= conn.limit or queued >= conn.byte_limit:
-                conn.overflow()
-            n += 1
+        size = len(encoded.frame)
+        if size <= small:
+            for conn in conns:
+                pending = conn.pending
+                if pending is None:
+                    continue
+                pending.append(encoded)
+                count = len(pending)
+                if count == 1:
+                    dirty.append(conn)
+                elif count >= conn.limit:
+                    conn.overflow()
+                n += 1
+        else:
+            for conn in conns:
+                pending = conn.pending
+                if pending is None:
+                    continue
+                pending.append(encoded)
+                queued = conn.queued = conn.queued + size
+                if len(pending) == 1:
+                    dirty.append(conn)
+                elif queued >= conn.byte_limit or len(pending) >= conn.limit:
+                    conn.overflow()
+                n += 1
         if len(dirty) != marked:
             flusher.schedule()
         return n

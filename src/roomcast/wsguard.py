@@ -9,7 +9,9 @@ adds what :mod:`roomcast.native` does:
 - a budget of control frames: ``CONTROL_BURST`` pings at once, then
   ``CONTROL_RATE`` per second; past it the connection is failed with 1008;
 - reading stops while the transport's outgoing buffer is full, so nothing a
-  client provokes piles up unread.
+  client provokes piles up unread. (uvicorn resumes reading when the app drains
+  a receive queue that it had paused reading for; the ping budget still holds
+  then.)
 
 An application that runs its own uvicorn gets uvicorn's protocol as it is;
 docs/topics/limits.md says what that means.
@@ -52,13 +54,6 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         self._write_paused = True
         if not self.transport.is_closing():
             self.transport.pause_reading()
-
-    async def receive(self) -> Any:
-        """The app's next event; reading stays stopped while the buffer is full."""
-        message = await super().receive()
-        if self._write_paused and not self.transport.is_closing():
-            self.transport.pause_reading()  # the app's read may have resumed it
-        return message
 
     def resume_writing(self) -> None:
         """The outgoing buffer drained: read again, unless the app's queue holds reading."""
