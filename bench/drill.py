@@ -132,7 +132,8 @@ class Cluster:
         args = self.args
         argv = [PYTHON, "-m", "roomcast", "serve", "--host", HOST, "--port", str(pod.port)]
         argv += ["--redis-url", self.redis_url, "--redis-prefix", self.prefix]
-        argv += ["--rate", "0", "--history-size", str(args.history_size)]
+        # Every message is kept: the drill checks exact recovery, not eviction.
+        argv += ["--rate", "0", "--history-size", str(args.history_size), "--history-bytes", "0"]
         argv += ["--max-message-bytes", str(args.payload + 1024), "--api-insecure"]
         argv += ["--log-level", "warning", "--shutdown-timeout", "2"]
         return argv + args.pod_args.split()

@@ -177,9 +177,11 @@ async def test_a_subscriber_dropped_for_its_output_buffer_misses_nothing(
     prefix, room = unique_prefix(), fresh_room("dropped")
     channel = f"{prefix}:room:{room}"
     pad = "x" * 16_384
+    # The history must hold what the pod misses (hundreds of 16 KB messages): no
+    # byte bound here, or the repair would rightly report them lost.
     async with (
-        pod(proxy.url, prefix, health_interval=30.0) as a,
-        pod(redis_server.url, prefix) as b,
+        pod(proxy.url, prefix, health_interval=30.0, history_bytes=0) as a,
+        pod(redis_server.url, prefix, history_bytes=0) as b,
     ):
         member = attach(a, room)
         await welcomed(member)
