@@ -25,7 +25,8 @@ from roomcast.protocol import validate_room
 
 if TYPE_CHECKING:
     from roomcast.connection import Connection
-    from roomcast.hub import HandlerConfig, Hub
+    from roomcast.endpoint import HandlerConfig
+    from roomcast.hub import Hub
 
 __all__ = ["Admission", "Gate", "Refusal"]
 

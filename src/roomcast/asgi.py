@@ -23,7 +23,7 @@ import contextlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
@@ -33,10 +33,13 @@ from starlette.routing import Route, Router
 from roomcast.admission import Admission, Refusal
 from roomcast.auth import ConnectRequest
 from roomcast.connection import Connection
+from roomcast.endpoint import HandlerConfig
 from roomcast.errors import BrokerError, CloseCode, ErrorCode, ProtocolError
-from roomcast.hub import HandlerConfig, Hub
 from roomcast.metrics import CONTENT_TYPE_LATEST
 from roomcast.protocol import Encoded, Message, MessageType, validate_room
+
+if TYPE_CHECKING:
+    from roomcast.hub import Hub
 
 __all__ = ["ApiApp", "AsgiConnection", "WebSocketApp"]
 

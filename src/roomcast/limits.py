@@ -20,7 +20,7 @@ import math
 from collections.abc import Awaitable
 from typing import Protocol
 
-from roomcast.connection import TokenBucket
+from roomcast.ratelimit import TokenBucket
 
 __all__ = ["ConnectRateLimiter", "MemoryUserConnections", "UserConnections"]
 

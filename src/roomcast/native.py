@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 from websockets.exceptions import InvalidState
@@ -36,9 +36,13 @@ except ImportError:  # pragma: no cover - the C extension is missing on this pla
 
 from roomcast.admission import Admission, Refusal
 from roomcast.auth import ConnectRequest
-from roomcast.connection import Connection, TokenBucket
+from roomcast.connection import Connection
+from roomcast.endpoint import HandlerConfig
 from roomcast.errors import CloseCode, ErrorCode, ProtocolError
-from roomcast.hub import HandlerConfig, Hub
+from roomcast.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from roomcast.hub import Hub
 
 __all__ = ["NativeConnection", "NativeWebSocketProtocol", "protocol_class"]
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from roomcast.connection import TokenBucket
 from roomcast.errors import CloseCode
 from roomcast.native import CONTROL_BURST, CONTROL_RATE
+from roomcast.ratelimit import TokenBucket
 
 __all__ = ["GuardedWebSocketProtocol"]
 
