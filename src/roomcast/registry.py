@@ -109,9 +109,10 @@ class Registry:
                     continue
                 pending.append(encoded)
                 queued = conn.queued = conn.queued + size
-                if len(pending) == 1:
+                count = len(pending)
+                if count == 1:
                     dirty.append(conn)
-                elif queued >= conn.byte_limit or len(pending) >= conn.limit:
+                elif count >= conn.limit or queued >= conn.byte_limit:
                     conn.overflow()
                 n += 1
         if len(dirty) != marked:

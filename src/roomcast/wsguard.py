@@ -37,7 +37,6 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._controls = TokenBucket(CONTROL_RATE, CONTROL_BURST, time.monotonic())
-        self._write_paused = False
 
     def handle_ping(self) -> None:
         """Answer the ping within the budget; past it, fail the connection with 1008."""
@@ -51,13 +50,11 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     def pause_writing(self) -> None:
         """The outgoing buffer is full: stop reading too."""
         super().pause_writing()
-        self._write_paused = True
         if not self.transport.is_closing():
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         """The outgoing buffer drained: read again, unless the app's queue holds reading."""
         super().resume_writing()
-        self._write_paused = False
         if not self.read_paused and not self.transport.is_closing():
             self.transport.resume_reading()
