@@ -255,7 +255,7 @@ def tail(path: Path, lines: int = 15) -> str:
 def roomcast_command() -> list[str] | None:
     """How to launch roomcast from this environment, or None if it is not importable."""
     check = subprocess.run(
-        [PYTHON, "-c", "import roomcast.cli"], capture_output=True, timeout=60, check=False
+        [PYTHON, "-c", "import roomcast.server.cli"], capture_output=True, timeout=60, check=False
     )
     if check.returncode != 0:
         return None
@@ -713,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             skipped = [name for name in servers if name.startswith("roomcast")]
             servers = [name for name in servers if not name.startswith("roomcast")]
             print(
-                f"run.py: skipping {', '.join(skipped)}: `import roomcast.cli` fails in "
+                f"run.py: skipping {', '.join(skipped)}: `import roomcast.server.cli` fails in "
                 f"{PYTHON} (install the project there: pip install -e .)",
                 file=sys.stderr,
             )

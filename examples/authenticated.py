@@ -45,7 +45,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from roomcast import HandlerConfig, Hub, JwtAuthenticator
-from roomcast.logs import configure_logging
+from roomcast.server.logs import configure_logging
 
 SECRET = os.environ.get("ROOMCAST_JWT_SECRET") or secrets.token_urlsafe(32)
 AUDIENCE = "roomcast-example"

@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 
-from roomcast.connection import Connection
+from roomcast.app import Hub
+from roomcast.core.connection import Connection
+from roomcast.core.endpoint import HandlerConfig
 from roomcast.errors import CloseCode
-from roomcast.hub import HandlerConfig, Hub
 
 
 class RecordingConnection(Connection):

@@ -20,8 +20,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from roomcast.brokers.redis_scripts import PUBLISH
-from roomcast.hub import Admission, Hub
+from roomcast.app import Hub
+from roomcast.brokers.redis.scripts import PUBLISH
+from roomcast.core.admission import Admission
 from roomcast.protocol import Message, encode
 from tests.recording import RecordingConnection
 from tests.support import MS, eventually

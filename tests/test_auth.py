@@ -39,11 +39,11 @@ from roomcast import (
     Identity,
     JwtAuthenticator,
 )
-from roomcast.config import Settings, load_settings
-from roomcast.hub import Admission, Refusal
-from roomcast.limits import ConnectRateLimiter, MemoryUserConnections
-from roomcast.logs import redact
-from roomcast.origins import OriginPolicy, parse_origin_pattern
+from roomcast.core.admission import Admission, Refusal
+from roomcast.core.limits import ConnectRateLimiter, MemoryUserConnections
+from roomcast.core.origins import OriginPolicy, parse_origin_pattern
+from roomcast.server.logs import redact
+from roomcast.settings import Settings, load_settings
 from tests.recording import RecordingConnection
 from tests.support import MS
 

@@ -36,7 +36,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
 from roomcast import AuthError, ConnectRequest, HandlerConfig, Hub, Identity
-from roomcast.native import protocol_class
+from roomcast.frontends.native import protocol_class
 from tests.redis_tools import pod_flags, unique_prefix
 from tests.support import (
     MS,

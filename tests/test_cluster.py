@@ -22,8 +22,8 @@ import pytest
 from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
+from roomcast.app import Hub
 from roomcast.brokers.redis import RedisBroker
-from roomcast.hub import Hub
 from tests.recording import RecordingConnection
 from tests.redis_tools import attach, pod_flags, unique_prefix, welcomed
 from tests.support import (

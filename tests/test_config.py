@@ -18,8 +18,8 @@ import pytest
 
 import roomcast
 from roomcast._version import __version__
-from roomcast.config import Settings, build_parser, load_settings
 from roomcast.errors import ConfigError
+from roomcast.settings import Settings, build_parser, load_settings
 
 # Subprocesses -----------------------------------------------------------------------------
 
@@ -524,7 +524,7 @@ def test_serve_help() -> None:
 
 
 def test_main_returns_status_in_process(capsys: pytest.CaptureFixture[str]) -> None:
-    from roomcast.cli import main
+    from roomcast.server.cli import main
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"roomcast {__version__}\n"

@@ -9,9 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from roomcast.connection import Connection, Flusher, TokenBucket
+from roomcast.app import Hub
+from roomcast.core.admission import Admission
+from roomcast.core.connection import Connection, Flusher, TokenBucket
+from roomcast.core.endpoint import HandlerConfig
 from roomcast.errors import CloseCode
-from roomcast.hub import Admission, HandlerConfig, Hub
 from roomcast.protocol import Encoded, Message, MessageType
 from tests.support import MS
 

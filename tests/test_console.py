@@ -1,4 +1,4 @@
-"""The console of ``roomcast serve --demo`` (src/roomcast/console/) and its demo routes.
+"""The console of ``roomcast serve --demo`` (src/roomcast/server/console/) and its demo routes.
 
 The browser tests drive Debian's Chromium (``/usr/bin/chromium``) with Playwright
 for Python; they skip with one line when it is missing (``.ci/run`` installs it).
@@ -24,11 +24,11 @@ import httpx
 import jwt
 import pytest
 
-from roomcast.config import Settings
-from roomcast.demo import CONSOLE_DIR, TOKEN_TTL, demo_routes, demo_settings, mint_token
+from roomcast.app import Hub
 from roomcast.errors import ConfigError
-from roomcast.hub import Hub
 from roomcast.server import build_app
+from roomcast.server.demo import CONSOLE_DIR, TOKEN_TTL, demo_routes, demo_settings, mint_token
+from roomcast.settings import Settings
 from tests.redis_support import RedisServer
 from tests.support import MS, RawWebSocket, ServerProcess, api, free_port
 
@@ -319,7 +319,7 @@ async def test_console_files_are_served_and_self_contained(serve: Serve) -> None
         assert not re.search(r"(https?:)?//[a-z]", (CONSOLE_DIR / name).read_text()), name
     # The JavaScript client has one source: clients/js/roomcast.js re-exports the package's.
     shim = Path(__file__).parent.parent / "clients" / "js" / "roomcast.js"
-    assert "src/roomcast/console/roomcast.js" in shim.read_text()
+    assert "src/roomcast/server/console/roomcast.js" in shim.read_text()
 
 
 async def test_token_names_the_user_and_the_server_accepts_it(serve: Serve) -> None:

@@ -7,7 +7,7 @@ while a connection's outgoing buffer is full the server stops reading from it,
 so what it provokes never piles up. Measured on a real ``roomcast serve``: its
 RSS (``/proc/<pid>/status``) while a client sends 8 MB of pings without reading.
 The native front end does this itself; ``--ws asgi`` gets it from
-:mod:`roomcast.wsguard` (uvicorn's own protocol answers every ping: before it,
+:mod:`roomcast.frontends.wsguard` (uvicorn's own protocol answers every ping: before it,
 8 MB of pings kept being read and grew the server by about 6 MB).
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from roomcast.native import CONTROL_BURST
+from roomcast.frontends.native import CONTROL_BURST
 from tests.support import (
     MS,
     RawWebSocket,

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 
-from roomcast.connection import Connection
+from roomcast.app import Hub
+from roomcast.core.admission import Admission
+from roomcast.core.connection import Connection
+from roomcast.core.endpoint import HandlerConfig
 from roomcast.errors import CloseCode, ErrorCode, ProtocolError
-from roomcast.hub import Admission, HandlerConfig, Hub
 from roomcast.protocol import Message, MessageType, PresenceStatus
 from tests.recording import RecordingConnection
 from tests.support import MS

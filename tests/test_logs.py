@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import roomcast
 from roomcast.errors import ConfigError
-from roomcast.logs import configure_logging, get_logger, redact
+from roomcast.server.logs import configure_logging, get_logger, redact
 
 JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6MX0.Zm9vYmFyYmF6cXV4"
 API_KEY = "k3y-0f-the-api-7781"
@@ -459,7 +459,7 @@ def test_broken_format_call_does_not_raise() -> None:
 
 def test_json_lines_on_stderr_of_a_process() -> None:
     code = (
-        "from roomcast.logs import configure_logging, get_logger\n"
+        "from roomcast.server.logs import configure_logging, get_logger\n"
         "configure_logging(fmt='json', level='info')\n"
         f"get_logger('proc').warning('open %s', '/ws/r?token={JWT}', extra={{'room': 'r'}})\n"
     )

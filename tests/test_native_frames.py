@@ -191,8 +191,8 @@ async def test_parser_state_decides_the_fast_path() -> None:
     from websockets.protocol import Protocol
     from websockets.server import ServerProtocol
 
-    from roomcast.hub import Hub
-    from roomcast.native import protocol_class
+    from roomcast.app import Hub
+    from roomcast.frontends.native import protocol_class
 
     hub = Hub(rate=0)
     await hub.start()

@@ -21,11 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from roomcast.admission import Admission
+from roomcast.app import Hub
 from roomcast.brokers.memory import MemoryBroker
 from roomcast.brokers.redis import RedisBroker
+from roomcast.core.admission import Admission
+from roomcast.core.endpoint import HandlerConfig
 from roomcast.errors import ProtocolError
-from roomcast.hub import HandlerConfig, Hub
 from roomcast.protocol import MAX_DEPTH, Message, MessageType
 from tests.recording import RecordingConnection
 from tests.redis_tools import attach, unique_prefix, welcomed

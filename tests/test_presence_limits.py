@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from roomcast.app import Hub
 from roomcast.brokers.redis import RedisBroker
-from roomcast.config import Settings, load_settings
 from roomcast.errors import ConfigError
-from roomcast.hub import Hub
+from roomcast.settings import Settings, load_settings
 from tests.recording import RecordingConnection
 from tests.redis_tools import attach, pod_flags, unique_prefix, welcomed
 from tests.support import (

@@ -1,4 +1,4 @@
-"""Property tests of :func:`roomcast.recovery.merge` (pure; SPEC §3.7, §3.8).
+"""Property tests of :func:`roomcast.core.recovery.merge` (pure; SPEC §3.7, §3.8).
 
 The model: a room's retained messages have offsets ``1..n``. A client is at
 position ``p``. The hub subscribes first, so live messages from some offset
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from roomcast.core.recovery import merge
 from roomcast.protocol import Encoded, Message, MessageType
-from roomcast.recovery import merge
 
 ROOM = "general"
 OTHER = "random"

@@ -412,7 +412,7 @@ async def test_error_reply_echoes_ref_and_keeps_the_connection(
 async def test_forbidden_room_error_echoes_ref(
     serve: Callable[..., ServerProcess], client: Connect, mode: str
 ) -> None:
-    pytest.importorskip("roomcast.auth", reason="forbidden_room needs JWT auth (SPEC §5)")
+    pytest.importorskip("roomcast.core.auth", reason="forbidden_room needs JWT auth (SPEC §5)")
     secret = "test-secret-" + "k" * 32
     claims = {"sub": "alice", "rooms": ["team-*"], "exp": int(time.time()) + 60}
     token = jwt.encode(claims, secret, algorithm="HS256")

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
+from roomcast.app import Hub
 from roomcast.brokers.memory import MemoryBroker
 from roomcast.brokers.redis import RedisBroker
-from roomcast.brokers.redis_users import RedisUserConnections
-from roomcast.hub import Hub
+from roomcast.brokers.redis.users import RedisUserConnections
 from roomcast.protocol import MessageType
 from roomcast.supervisor import Supervisor
 from tests.redis_tools import attach, store_unheard, unique_prefix, welcomed

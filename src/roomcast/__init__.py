@@ -6,10 +6,12 @@ processes through Redis. Mount it into any ASGI app, or run ``roomcast serve``.
 """
 
 from roomcast._version import __version__
-from roomcast.auth import Authenticator, ConnectRequest, Identity, JwtAuthenticator
+from roomcast.app import Hub
 from roomcast.brokers.base import Broker, BrokerHandler, HistoryPage, PresenceMember, PresenceStore
 from roomcast.brokers.memory import MemoryBroker, MemoryPresence
-from roomcast.connection import Connection
+from roomcast.core.auth import Authenticator, ConnectRequest, Identity, JwtAuthenticator
+from roomcast.core.connection import Connection
+from roomcast.core.endpoint import HandlerConfig
 from roomcast.errors import (
     AuthError,
     BrokerError,
@@ -21,7 +23,6 @@ from roomcast.errors import (
     ProtocolError,
     RoomcastError,
 )
-from roomcast.hub import HandlerConfig, Hub
 from roomcast.protocol import Message, MessageType, PresenceStatus
 
 __all__ = [

@@ -1,5 +1,5 @@
 """``python -m roomcast``: the ``roomcast`` command."""
 
-from roomcast.cli import main
+from roomcast.server.cli import main
 
 raise SystemExit(main())

@@ -89,7 +89,7 @@ class ConfigError(RoomcastError):
 class AuthError(RoomcastError):
     """A connection's credentials are refused.
 
-    Raised by an authenticator (see :mod:`roomcast.auth`). Before the upgrade the
+    Raised by an authenticator (see :mod:`roomcast.core.auth`). Before the upgrade the
     request is refused with ``status``; on a token refresh the client gets an
     ``error`` message. ``message`` is shown to the client, so it must never
     contain the credential itself.

@@ -20,9 +20,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
+from roomcast.app import Hub
 from roomcast.brokers.base import Broker, PresenceMember
 from roomcast.brokers.redis import RedisBroker
-from roomcast.hub import Hub
 from roomcast.protocol import Message, MessageFactory, MessageType, PresenceStatus
 from tests.brokers.conformance import AdvanceTime, BrokerConformance, MakeBroker, Recorder
 from tests.redis_support import RedisServer

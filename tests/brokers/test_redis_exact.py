@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from roomcast.admission import Admission
+from roomcast.app import Hub
 from roomcast.brokers.redis import RedisBroker
-from roomcast.hub import Hub
+from roomcast.core.admission import Admission
 from roomcast.protocol import Message, MessageType
 from tests.recording import RecordingConnection
 from tests.redis_support import RedisServer

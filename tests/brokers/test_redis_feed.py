@@ -1,6 +1,6 @@
 """The per-room feed of a Redis pod, without Redis or an event loop (pure).
 
-:class:`~roomcast.brokers.redis_feed.Feed` decides each arriving publication:
+:class:`~roomcast.brokers.redis.feed.Feed` decides each arriving publication:
 deliver, drop as a copy, or hold while a gap is filled from the history. The
 property test throws arbitrary losses, copies and reconnects at it and checks
 that every offset comes out exactly once, in order.
@@ -12,7 +12,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roomcast.brokers.redis_feed import Feed
+from roomcast.brokers.redis.feed import Feed
 from roomcast.protocol import Encoded
 
 ROOM = "r"

@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from roomcast.brokers.base import PresenceMember, RoomStats
-from roomcast.brokers.redis_scripts import (
+from roomcast.brokers.redis.scripts import (
     PRESENCE_ADD,
     PRESENCE_REAP,
     PRESENCE_REMOVE,

@@ -5,7 +5,7 @@ How a room message travels:
 1. The origin pod stamps it and queues it on the broker's single writer task,
    which sends queued publications to Redis in pipelines (one round trip for
    many messages, in order).
-2. For a retained message, one Lua script (:data:`~roomcast.brokers.redis_scripts.PUBLISH`)
+2. For a retained message, one Lua script (:data:`~roomcast.brokers.redis.scripts.PUBLISH`)
    assigns the room's next ``offset``, appends the message to the room's history
    stream (bounded by ``history_size``, expiring ``history_ttl`` seconds after the
    last publication, with an ``epoch`` that changes when the history is lost), and
@@ -31,7 +31,7 @@ Ordering and exactness (see ``docs/topics/recovery.md``):
   pod's own channel in the same transaction and returns only once the subscriber
   has handed over everything before it (:meth:`RedisBroker.history`), so a
   joining connection's replay and the live stream meet without a duplicate.
-- The subscriber's feed is checked per room (:class:`~roomcast.brokers.redis_feed.Feed`):
+- The subscriber's feed is checked per room (:class:`~roomcast.brokers.redis.feed.Feed`):
   a copy of an offset already delivered is dropped, and a gap (messages missed
   while the subscriber reconnected, was dropped by Redis for its output buffer,
   or was replaced as deaf) is filled from the history before anything newer.
@@ -64,9 +64,9 @@ from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from roomcast.brokers.base import BrokerHandler, HistoryPage, PresenceStore
-from roomcast.brokers.redis_feed import Feed
-from roomcast.brokers.redis_presence import RedisPresence
-from roomcast.brokers.redis_scripts import PUBLISH, READ_AFTER, READ_PAGE
+from roomcast.brokers.redis.feed import Feed
+from roomcast.brokers.redis.presence import RedisPresence
+from roomcast.brokers.redis.scripts import PUBLISH, READ_AFTER, READ_PAGE
 from roomcast.errors import BrokerUnavailable, ProtocolError
 from roomcast.protocol import Encoded, Message, encode
 from roomcast.supervisor import Supervisor

@@ -1,8 +1,8 @@
 """The standalone server: ``roomcast serve``.
 
-It assembles the same ASGI apps a library user mounts (:mod:`roomcast.asgi`)
+It assembles the same ASGI apps a library user mounts (:mod:`roomcast.frontends.asgi`)
 into one Starlette app and runs it on uvicorn (uvloop, httptools). WebSocket
-upgrades go to the native protocol class (:mod:`roomcast.native`) unless
+upgrades go to the native protocol class (:mod:`roomcast.frontends.native`) unless
 ``--ws asgi`` asks for the plain ASGI path; docs/benchmarks.md measures both.
 
 SIGTERM/SIGINT: uvicorn stops accepting, every WebSocket is closed with 1012,
@@ -20,13 +20,14 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
-from roomcast.auth import JwtAuthenticator
-from roomcast.config import Settings
-from roomcast.httpguard import guarded_http_protocol
-from roomcast.hub import HandlerConfig, Hub
-from roomcast.logs import configure_logging
-from roomcast.native import protocol_class
-from roomcast.wsguard import GuardedWebSocketProtocol
+from roomcast.app import Hub
+from roomcast.core.auth import JwtAuthenticator
+from roomcast.core.endpoint import HandlerConfig
+from roomcast.frontends.httpguard import guarded_http_protocol
+from roomcast.frontends.native import protocol_class
+from roomcast.frontends.wsguard import GuardedWebSocketProtocol
+from roomcast.server.logs import configure_logging
+from roomcast.settings import Settings
 
 __all__ = ["build_app", "build_hub", "handler_config", "run", "uvicorn_config"]
 
@@ -38,7 +39,7 @@ def build_hub(settings: Settings) -> Hub:
     if not settings.redis_url:
         return Hub.from_settings(settings)
     from roomcast.brokers.redis import RedisBroker
-    from roomcast.brokers.redis_users import RedisUserConnections
+    from roomcast.brokers.redis.users import RedisUserConnections
 
     broker = RedisBroker.from_url(
         settings.redis_url,
@@ -60,7 +61,7 @@ def handler_config(settings: Settings) -> HandlerConfig:
     """The WebSocket endpoint's configuration: authentication and origins.
 
     Raises:
-        ConfigError: a JWT key is unusable (see :class:`~roomcast.auth.JwtAuthenticator`).
+        ConfigError: a JWT key is unusable (see :class:`~roomcast.core.auth.JwtAuthenticator`).
     """
     return HandlerConfig(
         auth_required=settings.auth_required,
@@ -85,13 +86,13 @@ def build_app(hub: Hub, settings: Settings, config: HandlerConfig | None = None)
     """Return the standalone server's ASGI app: ``/ws``, ``/ws/{room}`` and the HTTP API.
 
     With ``settings.demo`` it also serves the console and the demo routes
-    (:mod:`roomcast.demo`); pass settings prepared by
-    :func:`~roomcast.demo.demo_settings` then, as :func:`run` does.
+    (:mod:`roomcast.server.demo`); pass settings prepared by
+    :func:`~roomcast.server.demo.demo_settings` then, as :func:`run` does.
     """
     handler = config or handler_config(settings)
     demo: list[BaseRoute] = []
     if settings.demo:
-        from roomcast.demo import demo_routes
+        from roomcast.server.demo import demo_routes
 
         demo = demo_routes(hub, settings)
     return Starlette(
@@ -137,7 +138,7 @@ def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; return the process exit code."""
     configure_logging(fmt=settings.log_format, level=settings.log_level)
     if settings.demo:
-        from roomcast.demo import demo_settings
+        from roomcast.server.demo import demo_settings
 
         settings = demo_settings(settings)
     hub = build_hub(settings)

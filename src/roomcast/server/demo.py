@@ -3,7 +3,7 @@
 Development only. With ``--demo`` the standalone server also serves
 
 * ``GET /``: the console, a chat page and a live view of this pod
-  (``src/roomcast/console/``: plain HTML, CSS and JavaScript, no build step, no
+  (``src/roomcast/server/console/``: plain HTML, CSS and JavaScript, no build step, no
   CDN), and ``GET /console/{file}``, its files, among them the JavaScript client;
 * ``POST /demo/token`` ``{"name": "alice"}``: an HS256 token whose ``sub`` is the
   name, valid for :data:`TOKEN_TTL` seconds. Anyone who can reach the server
@@ -36,10 +36,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from roomcast.config import Settings
+from roomcast.app import Hub
 from roomcast.errors import BrokerError, ConfigError, ProtocolError
-from roomcast.hub import Hub
 from roomcast.protocol import validate_room
+from roomcast.settings import Settings
 
 __all__ = [
     "CONSOLE_DIR",

@@ -1,7 +1,7 @@
 """How one WebSocket endpoint treats its connections: :class:`HandlerConfig`.
 
 Kept apart from the hub so that front ends and the hub's helpers can name an
-endpoint's configuration without importing the hub. ``roomcast.hub`` re-exports
+endpoint's configuration without importing the hub. ``roomcast.core.engine`` re-exports
 it.
 """
 
@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from roomcast.origins import OriginPolicy
+from roomcast.core.origins import OriginPolicy
 
 if TYPE_CHECKING:
-    from roomcast.auth import Authenticator
-    from roomcast.connection import ConnectionHook, MessageHook
+    from roomcast.core.auth import Authenticator
+    from roomcast.core.connection import ConnectionHook, MessageHook
 
 __all__ = ["HandlerConfig"]
 
@@ -39,11 +39,11 @@ class HandlerConfig:
         auth_required: refuse connections without credentials (HTTP 401). Invalid
             credentials are refused either way.
         authenticator: turns the upgrade request into an
-            :class:`~roomcast.auth.Identity` (see :mod:`roomcast.auth`), e.g.
-            :class:`~roomcast.auth.JwtAuthenticator`; None accepts everyone
+            :class:`~roomcast.core.auth.Identity` (see :mod:`roomcast.core.auth`), e.g.
+            :class:`~roomcast.core.auth.JwtAuthenticator`; None accepts everyone
             anonymously (or nobody, with ``auth_required``).
         allowed_origins: ``Origin`` patterns allowed to connect (see
-            :mod:`roomcast.origins`); others get HTTP 403. Empty allows any.
+            :mod:`roomcast.core.origins`); others get HTTP 403. Empty allows any.
         origins: ``allowed_origins`` compiled (set from it; not an argument).
 
     Raises:

@@ -1,7 +1,7 @@
 """Admission: what decides, before the upgrade, whether a WebSocket may connect.
 
 :class:`Gate` runs the checks of SPEC §4 and §5, cheapest first, for both front
-ends (:mod:`roomcast.native`, :mod:`roomcast.asgi`), and holds what an accepted
+ends (:mod:`roomcast.frontends.native`, :mod:`roomcast.frontends.asgi`), and holds what an accepted
 connection keeps until it ends: its per-user connection slot.
 """
 
@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from roomcast.auth import ConnectRequest, Identity
+from roomcast.core.auth import ConnectRequest, Identity
+from roomcast.core.limits import ConnectRateLimiter, MemoryUserConnections, UserConnections
 from roomcast.errors import AuthError, ProtocolError
-from roomcast.limits import ConnectRateLimiter, MemoryUserConnections, UserConnections
 from roomcast.protocol import validate_room
 
 if TYPE_CHECKING:
-    from roomcast.connection import Connection
-    from roomcast.endpoint import HandlerConfig
-    from roomcast.hub import Hub
+    from roomcast.core.connection import Connection
+    from roomcast.core.endpoint import HandlerConfig
+    from roomcast.core.engine import Engine
 
 __all__ = ["Admission", "Gate", "Refusal"]
 
@@ -37,8 +37,8 @@ _log = logging.getLogger("roomcast.admission")
 class Admission:
     """A connection request the hub accepts: the room to join and who is asking.
 
-    End each one with :meth:`Hub.attach <roomcast.hub.Hub.attach>` or, if the
-    upgrade fails, :meth:`Hub.abandon <roomcast.hub.Hub.abandon>` (it may hold a
+    End each one with :meth:`Engine.attach <roomcast.core.engine.Engine.attach>` or, if the
+    upgrade fails, :meth:`Engine.abandon <roomcast.core.engine.Engine.abandon>` (it may hold a
     per-user connection slot).
     """
 
@@ -81,7 +81,7 @@ class Gate:
 
     def __init__(
         self,
-        hub: Hub,
+        hub: Engine,
         *,
         max_connections_per_user: int,
         connect_rate: float,

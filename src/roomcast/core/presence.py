@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from roomcast.protocol import PresenceStatus
 
 if TYPE_CHECKING:
-    from roomcast.connection import Connection
+    from roomcast.core.connection import Connection
 
 __all__ = ["Announce", "StatusCoalescer"]
 
