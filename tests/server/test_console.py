@@ -318,7 +318,7 @@ async def test_console_files_are_served_and_self_contained(serve: Serve) -> None
     for name in ("index.html", "console.js", "console.css"):
         assert not re.search(r"(https?:)?//[a-z]", (CONSOLE_DIR / name).read_text()), name
     # The JavaScript client has one source: clients/js/roomcast.js re-exports the package's.
-    shim = Path(__file__).parent.parent / "clients" / "js" / "roomcast.js"
+    shim = Path(__file__).parent.parent.parent / "clients" / "js" / "roomcast.js"
     assert "src/roomcast/server/console/roomcast.js" in shim.read_text()
 
 
