@@ -204,7 +204,7 @@ async def test_the_redis_writer_comes_back_and_loses_nothing(
     hub, room = redis_pod, fresh_room("writer")
     member = attach(hub, room)
     await welcomed(member)
-    fail_once(broker_of(hub), "_send_batch", monkeypatch)
+    fail_once(broker_of(hub)._writer, "_send_batch", monkeypatch)
     stored = await asyncio.wait_for(
         hub.publish(hub.messages.make(MessageType.CHAT, room=room, data=1)), WAIT
     )
@@ -222,7 +222,7 @@ async def test_the_redis_subscriber_comes_back_and_fills_the_gap(
     await welcomed(member)
     await hub.publish(hub.messages.make(MessageType.CHAT, room=room, data=1))
     await eventually(_true(lambda: member.offsets() == [1]), WAIT)
-    fail_once(broker_of(hub), "_on_own_channel", monkeypatch)  # the next health probe
+    fail_once(broker_of(hub)._subscriber, "_on_own_channel", monkeypatch)  # the next health probe
     await recovered(hub, "redis-subscriber")
     for n in (2, 3):
         await hub.publish(hub.messages.make(MessageType.CHAT, room=room, data=n))
@@ -241,7 +241,7 @@ async def test_the_redis_repair_loop_comes_back_and_repairs(
     # Offset 2 stored but never heard: offset 3 shows the gap.
     hidden = hub.messages.make(MessageType.CHAT, room=room, data=2)
     await store_unheard(redis_url, broker.prefix, hidden)
-    fail_once(broker, "_apply_repairs", monkeypatch)
+    fail_once(broker._repairs, "_apply_repairs", monkeypatch)
     await hub.publish(hub.messages.make(MessageType.CHAT, room=room, data=3))
     await recovered(hub, "redis-repair")
     await eventually(_true(lambda: member.offsets() == [1, 2, 3]), WAIT)
@@ -253,8 +253,8 @@ async def test_the_redis_health_loop_comes_back(
     broker = broker_of(redis_pod)
     fail_once(broker._client, "publish", monkeypatch)  # the health loop's probe
     await recovered(redis_pod, "redis-health")
-    seen = broker._last_probe_seen
-    await eventually(_true(lambda: broker._last_probe_seen > seen), WAIT)  # probes again
+    seen = broker._subscriber.last_probe_seen
+    await eventually(_true(lambda: broker._subscriber.last_probe_seen > seen), WAIT)  # probes again
 
 
 async def test_the_redis_presence_loop_comes_back(

@@ -6,6 +6,9 @@ stamps server messages with their server-assigned fields, and encodes them once
 into :class:`Encoded` payloads that every recipient shares.
 
 Nothing here touches a socket or an event loop, so all of it is tested directly.
+
+Long on purpose: this is SPEC §3 in one pure module — the types and limits at the
+top are shared by the server message, its one encoding and client-frame parsing.
 """
 
 from __future__ import annotations

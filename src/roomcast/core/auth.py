@@ -23,6 +23,9 @@ with 4001 at that moment unless the client refreshed them with
 ``{"type": "auth", "data": {"token": ...}}``. A refresh calls the same
 authenticator with a request that carries only the new token
 (``ConnectRequest.for_refresh``), and must name the same user.
+
+Long on purpose: room patterns are an identity's permissions — their syntax is
+documented on :class:`Identity`, compiled by it, and checked in a token's claims.
 """
 
 from __future__ import annotations

@@ -1,0 +1,61 @@
+"""Names of the Redis broker's keys and channels: the ``{prefix}:...`` scheme, in one place.
+
+Per room (the keys share the hash tag ``{room}``, so a script that touches them
+also runs on Redis Cluster):
+
+- ``{prefix}:meta:{room}`` — hash: ``epoch``, ``offset``, ``bytes`` of the history;
+- ``{prefix}:history:{room}`` — stream: the retained messages;
+- ``{prefix}:ids:{room}`` — hash: message id → offset (idempotent publication);
+- ``{prefix}:room:<room>`` — the room's pub/sub channel.
+
+Plus ``{prefix}:global`` (messages to everyone) and ``{prefix}:health:<node id>``,
+the pod's own channel (health probes and ordering barriers). Presence and
+per-user counts name their keys in :mod:`.presence` and :mod:`.users`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Keys"]
+
+
+class Keys:
+    """The keys and channels of one broker.
+
+    Args:
+        prefix: prefix of every key and channel.
+        node_id: this pod's id, which names its own channel.
+    """
+
+    __slots__ = ("node_id", "prefix")
+
+    def __init__(self, prefix: str, node_id: str) -> None:
+        self.prefix = prefix
+        self.node_id = node_id
+
+    def room_channel(self, room: str) -> str:
+        """The pub/sub channel of ``room``."""
+        return f"{self.prefix}:room:{room}"
+
+    @property
+    def room_channel_prefix(self) -> bytes:
+        """What every room channel starts with, as the subscriber receives it."""
+        return f"{self.prefix}:room:".encode()
+
+    @property
+    def global_channel(self) -> str:
+        """The pub/sub channel of messages to everyone."""
+        return f"{self.prefix}:global"
+
+    @property
+    def health_channel(self) -> str:
+        """This pod's own channel: health probes and ordering barriers."""
+        return f"{self.prefix}:health:{self.node_id}"
+
+    def history_keys(self, room: str) -> list[str]:
+        """The meta hash and history stream of ``room`` (the keys the read scripts take)."""
+        tag = f"{{{room}}}"
+        return [f"{self.prefix}:meta:{tag}", f"{self.prefix}:history:{tag}"]
+
+    def publish_keys(self, room: str) -> list[str]:
+        """:meth:`history_keys` and the message ids of ``room`` (the publish script's keys)."""
+        return [*self.history_keys(room), f"{self.prefix}:ids:{{{room}}}"]
