@@ -7,11 +7,12 @@ connection keeps until it ends: its per-user connection slot.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,20 @@ class Gate:
         # Connection -> (user id, slot) it holds under max_connections_per_user.
         self._slots: dict[Connection, tuple[str, str]] = {}
 
+    @contextlib.contextmanager
+    def handshake(self) -> Iterator[None]:
+        """Count one upgrade in progress against ``max_connections`` while the block runs.
+
+        A front end wraps the part of a handshake that awaits the client (after
+        :meth:`admit`, before ``attach``) in it, so that a burst of slow
+        handshakes cannot push the pod past its capacity.
+        """
+        self.handshakes += 1
+        try:
+            yield
+        finally:
+            self.handshakes -= 1
+
     def admit(
         self, request: ConnectRequest, config: HandlerConfig
     ) -> Admission | Refusal | Awaitable[Admission | Refusal]:
@@ -169,8 +184,7 @@ class Gate:
         last_id: str | None,
         config: HandlerConfig,
     ) -> Admission | Refusal:
-        self.handshakes += 1  # counts against max_connections meanwhile
-        try:
+        with self.handshake():  # counts against max_connections meanwhile
             try:
                 identity = await pending
             except AuthError as exc:
@@ -181,8 +195,6 @@ class Gate:
             decision = self._authorize(identity, room, last_id, config)
             if not isinstance(decision, Admission | Refusal):
                 decision = await decision
-        finally:
-            self.handshakes -= 1
         if self._hub.draining and isinstance(decision, Admission):
             self.abandon(decision)
             return Refusal(503, "server shutting down")

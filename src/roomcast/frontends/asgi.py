@@ -154,14 +154,13 @@ class WebSocketApp:
             await self._refuse(scope, send, decision)
             return
         accepted = False
-        hub.gate.handshakes += 1
         try:
-            message = await receive()
-            if message["type"] == "websocket.connect":
-                await send({"type": "websocket.accept"})
-                accepted = True
+            with hub.gate.handshake():
+                message = await receive()
+                if message["type"] == "websocket.connect":
+                    await send({"type": "websocket.accept"})
+                    accepted = True
         finally:
-            hub.gate.handshakes -= 1
             if not accepted:
                 hub.abandon(decision)
         if accepted:
