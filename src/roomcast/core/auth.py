@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
 
 import jwt
@@ -46,15 +46,13 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from roomcast.errors import AuthError, ConfigError
 from roomcast.protocol import MAX_ROOM_LENGTH
 
-if TYPE_CHECKING:
-    from roomcast.settings import Settings
-
 __all__ = [
     "AuthError",
     "Authenticator",
     "ConnectRequest",
     "Identity",
     "JwtAuthenticator",
+    "JwtSettings",
 ]
 
 MAX_TOKEN_LENGTH: Final = 8192
@@ -375,6 +373,19 @@ _JWT_ERRORS: Final[tuple[tuple[type[jwt.PyJWTError], str], ...]] = (
 )
 
 
+class JwtSettings(Protocol):
+    """The options :meth:`JwtAuthenticator.from_settings` reads (as on ``Settings``)."""
+
+    @property
+    def jwt_secret(self) -> str | None: ...
+    @property
+    def jwt_public_key(self) -> str | Path | None: ...
+    @property
+    def jwt_audience(self) -> str | None: ...
+    @property
+    def jwt_issuer(self) -> str | None: ...
+
+
 class JwtAuthenticator:
     """Verify a JWT from ``Authorization: Bearer`` or ``?token=`` (SPEC §5).
 
@@ -435,8 +446,12 @@ class JwtAuthenticator:
         self._options: dict[str, Any] = {"require": ["sub"]}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> JwtAuthenticator | None:
-        """The authenticator ``--jwt-secret`` / ``--jwt-public-key`` describe, or None."""
+    def from_settings(cls, settings: JwtSettings) -> JwtAuthenticator | None:
+        """The authenticator ``--jwt-secret`` / ``--jwt-public-key`` describe, or None.
+
+        ``settings`` is usually :class:`roomcast.settings.Settings`; any object with
+        the four ``jwt_*`` attributes will do.
+        """
         if settings.jwt_secret is None and settings.jwt_public_key is None:
             return None
         return cls(
