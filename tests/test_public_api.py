@@ -86,7 +86,7 @@ OLD_PATHS: dict[str, dict[str, str]] = {
     },
     "roomcast.connection": {
         "Connection": "roomcast.core.connection",
-        "Flusher": "roomcast.core.connection",
+        "Flusher": "roomcast.core.flusher",
         "TokenBucket": "roomcast.core.ratelimit",
     },
     "roomcast.config": {

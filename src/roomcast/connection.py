@@ -4,7 +4,8 @@ Its names now live in :mod:`roomcast.core.connection`, :mod:`roomcast.core.ratel
 This module keeps existing imports working; new code imports from there.
 """
 
-from roomcast.core.connection import Connection, Flusher
+from roomcast.core.connection import Connection
+from roomcast.core.flusher import Flusher
 from roomcast.core.ratelimit import TokenBucket
 
 __all__ = [

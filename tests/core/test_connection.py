@@ -11,8 +11,10 @@ import pytest
 
 from roomcast.app import Hub
 from roomcast.core.admission import Admission
-from roomcast.core.connection import Connection, Flusher, TokenBucket
+from roomcast.core.connection import Connection
 from roomcast.core.endpoint import HandlerConfig
+from roomcast.core.flusher import Flusher
+from roomcast.core.ratelimit import TokenBucket
 from roomcast.errors import CloseCode
 from roomcast.protocol import Encoded, Message, MessageType
 from tests.support import MS
@@ -246,6 +248,26 @@ async def test_send_encodes_the_message(hub: Hub) -> None:
     conn.send(message)
     await asyncio.sleep(0)
     assert conn.decoded() == [message.to_dict()]
+
+
+# -- ids -----------------------------------------------------------------------------------
+
+
+async def test_each_hub_numbers_its_own_connections() -> None:
+    async with Hub() as one, Hub() as two:
+        first = [ListConnection(one).id for _ in range(2)]
+        other = ListConnection(two).id
+        assert first == [f"c1-{one.node_id}", f"c2-{one.node_id}"]
+        assert other == f"c1-{two.node_id}"  # no counter shared between hubs
+
+
+async def test_connection_ids_can_be_injected() -> None:
+    numbers = iter([7, 42])
+    async with Hub(connection_ids=lambda: next(numbers)) as hub:
+        assert [ListConnection(hub).id for _ in range(2)] == [
+            f"c7-{hub.node_id}",
+            f"c42-{hub.node_id}",
+        ]
 
 
 # -- inbox -------------------------------------------------------------------------------

@@ -659,6 +659,23 @@ async def test_burst_to_a_writable_connection_is_not_a_slow_consumer() -> None:
         assert fast.close_codes == []
 
 
+# -- the hot path ------------------------------------------------------------------------
+
+
+async def test_chat_frames_are_handled_without_a_task(hub: Hub) -> None:
+    # hub.handle is the dispatcher's own method (no wrapper), and a chat frame
+    # without hooks is done when it returns: no task per message per connection.
+    assert hub.handle == hub.commands.handle
+    a = await connect(hub, "r", user_id="a")
+    b = await connect(hub, "r", user_id="b")
+    tasks = len(asyncio.all_tasks())
+    for i in range(30):  # within the burst
+        assert hub.handle(a, f'{{"type":"chat","data":{{"text":"{i}"}}}}') is None
+    assert len(asyncio.all_tasks()) == tasks
+    await settle()
+    assert b.texts() == [str(i) for i in range(30)]
+
+
 # -- metrics -----------------------------------------------------------------------------
 
 

@@ -6,15 +6,15 @@ transport, :class:`~roomcast.frontends.asgi.AsgiConnection` hands them to an ASG
 
 Outbound, the hub appends one shared :class:`~roomcast.protocol.Encoded` to each
 member's ``pending`` list and registers connections whose list just became
-non-empty with the :class:`Flusher`, which calls :meth:`Connection.flush` on each
-once per event-loop iteration: one write per connection per iteration, however many
-messages arrived in it. A connection whose pending list reaches ``send_queue``
-messages or ``send_queue_bytes`` bytes while its transport cannot take more is a
-slow consumer: it alone is closed with 4008, and nobody waits for it. Only
-frames larger than ``send_queue_bytes / send_queue`` are counted in bytes (the
-message bound covers the rest, and the fan-out loop stays short), and the
-transport holds at most one flush beyond its high-water mark, so a connection
-holds at most about twice ``send_queue_bytes``.
+non-empty with the :class:`~roomcast.core.flusher.Flusher`, which calls
+:meth:`Connection.flush` on each once per event-loop iteration: one write per
+connection per iteration, however many messages arrived in it. A connection
+whose pending list reaches ``send_queue`` messages or ``send_queue_bytes`` bytes
+while its transport cannot take more is a slow consumer: it alone is closed with
+4008, and nobody waits for it. Only frames larger than ``send_queue_bytes /
+send_queue`` are counted in bytes (the message bound covers the rest, and the
+fan-out loop stays short), and the transport holds at most one flush beyond its
+high-water mark, so a connection holds at most about twice ``send_queue_bytes``.
 
 Inbound, frames are handled in order. Most are handled synchronously; when one
 needs to wait (an async hook, a join), the rest of that connection's frames queue
@@ -25,7 +25,6 @@ connection.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -40,57 +39,17 @@ if TYPE_CHECKING:
     from roomcast.core.endpoint import HandlerConfig
     from roomcast.core.engine import Engine
 
-__all__ = ["Connection", "Flusher", "TokenBucket"]  # TokenBucket: re-exported from ratelimit
+__all__ = ["Connection"]
 
 _log = logging.getLogger("roomcast.connection")
-_ids = itertools.count(1)
-
-
-class Flusher:
-    """Flushes every connection with pending frames once per event-loop iteration."""
-
-    __slots__ = ("_dirty", "_loop", "_scheduled")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._dirty: list[Connection] = []
-        self._scheduled = False
-
-    def mark(self, conn: Connection) -> None:
-        """Flush ``conn`` at the next iteration (call once per empty→non-empty change)."""
-        self._dirty.append(conn)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._run)
-
-    @property
-    def dirty(self) -> list[Connection]:
-        """Connections to flush at the next run; append, then call :meth:`schedule`."""
-        return self._dirty
-
-    def schedule(self) -> None:
-        """Make sure the flusher runs at the next iteration."""
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._run)
-
-    def _run(self) -> None:
-        self._scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for conn in dirty:
-            if conn.pending:  # not closed or flushed meanwhile
-                try:
-                    conn.flush()
-                except Exception:  # one broken transport must not stop the others
-                    _log.exception("flush failed", extra={"conn_id": conn.id})
-                    conn.abort()
 
 
 class Connection:
     """One client connection as the hub sees it.
 
     Attributes:
-        id: unique connection id (also the ``from`` of an anonymous user).
+        id: unique connection id, ``c{n}-{node_id}`` with ``n`` from the hub's
+            ``connection_ids`` (also the ``from`` of an anonymous user).
         user_id: the authenticated user id, or the connection id when anonymous.
         info: optional JSON object attached to the user's presence.
         identity: what the endpoint's authenticator said about the user (room
@@ -139,7 +98,7 @@ class Connection:
     ) -> None:
         self.hub = hub
         self.config = config
-        self.id = f"c{next(_ids)}-{hub.node_id}"
+        self.id = f"c{hub.connection_ids()}-{hub.node_id}"
         self.user_id = user_id if user_id is not None else self.id
         self.info = info
         self.identity: Identity | None = None

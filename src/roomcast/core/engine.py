@@ -1,54 +1,55 @@
-"""The engine: connections, rooms, the message protocol's server behaviour, presence.
+"""The engine: the facade over the pod's connections, rooms, SPEC §3's behaviour, presence.
 
 :class:`Engine` is everything the public :class:`~roomcast.Hub` does except build
-front ends (that is :mod:`roomcast.app`). It owns the local
-:class:`~roomcast.core.registry.Registry`, a :class:`~roomcast.brokers.base.Broker`
-(in-memory by default) and the metrics, and implements SPEC §3's server
-behaviour. It does no network I/O itself: front ends
-(:mod:`roomcast.frontends.native`, :mod:`roomcast.frontends.asgi`) feed it
-frames and it queues encoded messages on connections. Nothing here imports a
-front end or an I/O library.
+front ends (:mod:`roomcast.app`). It owns the registry, a broker (in-memory by
+default) and the metrics, and does no I/O: front ends feed it frames and it
+queues encoded messages on connections. It imports no front end, no I/O library.
+
+It keeps the options, its lifecycle and tasks, the broker's callbacks (the
+fan-out) and the application API, and composes one collaborator per other
+concern, each owning its state: :mod:`~roomcast.core.sessions`,
+:mod:`~roomcast.core.commands`, :mod:`~roomcast.core.subscriptions`,
+:mod:`~roomcast.core.recovery`, :mod:`~roomcast.core.refresh`,
+:mod:`~roomcast.core.keepalive`. The per-message paths gain no call from that:
+:attr:`Engine.handle` *is* ``Commands.handle``, and
+:meth:`Engine.handle_publication` fans out itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import itertools
 import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Self
 
-from roomcast.brokers.base import Broker, HistoryPage, PresenceMember
+from roomcast.brokers.base import Broker, PresenceMember
 from roomcast.brokers.memory import MemoryBroker
 from roomcast.core.admission import Admission, Gate, Refusal
-from roomcast.core.auth import ConnectRequest, Identity
-from roomcast.core.connection import Connection, Flusher
+from roomcast.core.auth import ConnectRequest
+from roomcast.core.commands import Commands
+from roomcast.core.connection import Connection
 from roomcast.core.endpoint import HandlerConfig
+from roomcast.core.flusher import Flusher
+from roomcast.core.keepalive import Keepalive
 from roomcast.core.limits import UserConnections
 from roomcast.core.metrics import Metrics
 from roomcast.core.presence import StatusCoalescer
-from roomcast.core.recovery import merge
+from roomcast.core.recovery import Recovery
+from roomcast.core.refresh import TokenRefresh
 from roomcast.core.registry import Registry
-from roomcast.errors import (
-    AuthError,
-    BrokerError,
-    CloseCode,
-    ErrorCode,
-    HubClosed,
-    ProtocolError,
-)
+from roomcast.core.sessions import Sessions
+from roomcast.core.subscriptions import Membership, Subscriptions
+from roomcast.errors import CloseCode, HubClosed, ProtocolError
 from roomcast.protocol import (
-    ClientMessage,
     Encoded,
     Message,
     MessageFactory,
-    MessageType,
     PresenceStatus,
     default_id,
-    parse,
     validate_room,
 )
 from roomcast.supervisor import Supervisor
@@ -110,8 +111,18 @@ class Engine:
             :class:`~roomcast.brokers.redis.users.RedisUserConnections` to count
             across pods.
         id_factory: returns new message ids (UUIDv7 by default).
-        clock: wall-clock seconds, for timestamps and credential expiry.
+        connection_ids: returns the number in each new connection's id
+            (``c{n}-{node_id}``); counts 1, 2, 3… per engine when None.
+        clock: wall-clock seconds, for timestamps, delivery latency and
+            credential expiry.
     """
+
+    handle: Callable[[Connection, str | bytes], Awaitable[None] | None]
+    """Handle one client frame; None when done, or an awaitable to run before the next
+    (:meth:`Commands.handle <roomcast.core.commands.Commands.handle>`, bound as is)."""
+
+    reject_overload: Callable[[Connection, str | bytes], None]
+    """Drop a frame that found its connection's inbox full (its hooks are too slow)."""
 
     def __init__(
         self,
@@ -144,26 +155,29 @@ class Engine:
         user_connections: UserConnections | None = None,
         # Determinism
         id_factory: Callable[[], str] = default_id,
+        connection_ids: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.broker: Broker = (
-            broker
-            if broker is not None
-            else MemoryBroker(
+        if broker is None:
+            broker = MemoryBroker(
                 history_size=history_size,
                 history_ttl=history_ttl,
                 history_bytes=history_bytes,
                 history_max_bytes=history_max_bytes,
             )
-        )
+        self.broker: Broker = broker
         self.metrics = Metrics(metrics_registry)
-        broker_ = self.broker
-        if isinstance(broker_, MemoryBroker):
-            self.metrics.history_bytes.set_function(lambda: broker_.retained_bytes)
+        if isinstance(broker, MemoryBroker):
+            memory = broker  # narrowed, for the lambda
+            self.metrics.history_bytes.set_function(lambda: memory.retained_bytes)
         self.registry = Registry()
         self.messages = MessageFactory(id_factory=id_factory, clock=clock)
         self.clock = clock
         self.node_id = secrets.token_hex(3)
+        self.connection_ids: Callable[[], int] = (
+            connection_ids if connection_ids is not None else itertools.count(1).__next__
+        )
+        """Returns the number of the next connection's id (see :class:`Connection`)."""
         # Limits
         self.max_connections = max_connections
         self.max_message_bytes = max_message_bytes
@@ -195,13 +209,33 @@ class Engine:
         self._flusher: Flusher | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops = Supervisor(on_failure=self.handle_loop_failure)
-        # Connections being attached (welcome not sent yet) -> messages held for them.
-        self._attaching: dict[Connection, list[Encoded]] = {}
-        # Room -> connections catching up on it -> messages held for them.
-        self._recovering: dict[str, dict[Connection, list[Encoded]]] = {}
-        # Room -> the task that subscribed this pod to it.
-        self._subscriptions: dict[str, asyncio.Task[None]] = {}
         self.draining = False
+        # Collaborators, each owning its concern's state (read the settings above).
+        self.subscriptions = Subscriptions(self)
+        self.recovery = Recovery(self.broker, self.subscriptions, page_size=max(1, send_queue // 2))
+        self.membership = Membership(self, recovery=self.recovery, subscriptions=self.subscriptions)
+        self.sessions = Sessions(self, membership=self.membership, recovery=self.recovery)
+        self.token_refresh = TokenRefresh(self, membership=self.membership)
+        self.commands = Commands(
+            self,
+            membership=self.membership,
+            refresh=self.token_refresh,
+            announce_status=self._announce_status,
+        )
+        self.keepalive = Keepalive(
+            self.registry,
+            self.gate,
+            clock=clock,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+        )
+        # The hot paths, bound once: no delegating call per frame or publication.
+        self.handle = self.commands.handle
+        self.reject_overload = self.commands.reject_overload
+        self._hold = self.recovery.hold
+        # The recovery's own dicts (never replaced), checked on every publication.
+        self._attaching = self.recovery.attaching
+        self._recovering = self.recovery.recovering
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -238,7 +272,7 @@ class Engine:
         self.draining = False
         await self.broker.start(self)
         await self.gate.user_connections.start()
-        self._loops.start("keepalive", self._sweep)
+        self._loops.start("keepalive", self.keepalive.run)
 
     async def close(self, *, code: int = CloseCode.SERVICE_RESTART, grace: float = 5.0) -> None:
         """Close every connection with ``code`` (1012 by default), then stop the broker.
@@ -290,7 +324,7 @@ class Engine:
         if not task.cancelled() and task.exception() is not None:
             _log.error("background task failed", exc_info=task.exception())
 
-    # -- admission --------------------------------------------------------------------
+    # -- front ends: admission, connections, errors ------------------------------------
 
     def admit(
         self, request: ConnectRequest, config: HandlerConfig | None = None
@@ -305,8 +339,6 @@ class Engine:
         """Release what ``admission`` holds: its upgrade failed, so no :meth:`attach` follows."""
         self.gate.abandon(admission)
 
-    # -- connection lifecycle -----------------------------------------------------------
-
     def attach(self, conn: Connection, admission: Admission) -> None:
         """Register an upgraded connection: welcome it, join its room, run on_connect.
 
@@ -315,71 +347,11 @@ class Engine:
         replay of what it missed after ``last_id``; messages published meanwhile
         are held and delivered after the replay, without duplicates.
         """
-        conn.identity = admission.identity
-        self.gate.hold(conn, admission)
-        if admission.room is None:
-            self._register(conn, recovered=False)
-            conn.run_async(self._connected(conn))
-            return
-        buffer: list[Encoded] = []
-        self._attaching[conn] = buffer
-        conn.run_async(self._connected(conn, admission.room, admission.last_id, buffer))
-
-    def _register(self, conn: Connection, *, recovered: bool, **room_state: Any) -> None:
-        self.registry.add(conn)
-        self.metrics.connections.set(len(self.registry))
-        data: dict[str, Any] = {
-            "connection_id": conn.id,
-            "user_id": conn.user_id,
-            "rooms": [room_state["room"]] if "room" in room_state else [],
-            "recovered": recovered,
-        }
-        if "epoch" in room_state:
-            data["epoch"] = room_state["epoch"]
-            data["offset"] = room_state["offset"]
-        conn.send(self.messages.system("welcome", data))
-
-    async def _connected(
-        self,
-        conn: Connection,
-        room: str | None = None,
-        last_id: str | None = None,
-        buffer: list[Encoded] | None = None,
-    ) -> None:
-        if room is not None and buffer is not None:
-            try:
-                await self._join(conn, room, last_id=last_id, buffer=buffer)
-            finally:
-                self._attaching.pop(conn, None)
-            if conn.closed:
-                return
-        hook = conn.config.on_connect
-        if hook is not None:
-            await _call(hook, conn)
+        self.sessions.attach(conn, admission)
 
     def detach(self, conn: Connection) -> None:
         """Forget a connection whose transport is gone; presence and hooks follow."""
-        if conn.closed:
-            return
-        conn.closed = True
-        conn.pending = None
-        self.statuses.forget(conn)
-        self.gate.release(conn)
-        if self.registry.connections.get(conn.id) is not conn:
-            return
-        left = self.registry.remove(conn)
-        self.metrics.connections.set(len(self.registry))
-        self.metrics.rooms.set(len(self.registry.rooms))
-        if self._loop is not None:
-            self.spawn(self._disconnected(conn, left), name=f"roomcast-disconnect-{conn.id}")
-
-    async def _disconnected(self, conn: Connection, left: list[tuple[str, bool]]) -> None:
-        await conn.drain_inbox()
-        for room, last in left:
-            await self._after_leave(conn, room, last)
-        hook = conn.config.on_disconnect
-        if hook is not None:
-            await _call(hook, conn)
+        self.sessions.detach(conn)
 
     def on_slow_consumer(self, conn: Connection) -> None:
         """Count and log a connection closed because its send queue filled."""
@@ -389,392 +361,10 @@ class Engine:
             extra={"conn_id": conn.id, "user_id": conn.user_id, "remote": conn.remote},
         )
 
-    def reject_overload(self, conn: Connection, raw: str | bytes) -> None:
-        """A connection's inbox is full (its hooks are too slow): drop the frame."""
-        self.metrics.rate_limited.inc()
-        self.send_error(
-            conn,
-            ProtocolError(
-                ErrorCode.RATE_LIMITED, "too many messages waiting; dropped", ref=_ref_of(raw)
-            ),
-        )
-
-    # -- inbound ------------------------------------------------------------------------
-
-    def handle(self, conn: Connection, raw: str | bytes) -> Awaitable[None] | None:
-        """Handle one client frame.
-
-        Returns None when done, or an awaitable the connection must run before its
-        next frame (see :meth:`Connection.receive`).
-        """
-        self.metrics.messages_received.inc()
-        if conn.abuse is not None:
-            over = self._over_rate(conn, raw)
-            if over is not None:
-                self._rate_limited(conn, raw, over)
-                return None
-        try:
-            msg = parse(raw)
-            kind = msg.type
-            if kind is MessageType.CHAT:
-                return self._chat(conn, msg)
-            if kind is MessageType.PING:
-                pong = self.messages.make(MessageType.PONG, data=msg.data)
-                conn.send(pong)
-                return None
-            if kind is MessageType.JOIN:
-                room = _named_room(msg)
-                self._check_join(conn, room, msg.ref)
-                return self._join(conn, room, last_id=msg.last_id, ref=msg.ref)
-            if kind is MessageType.LEAVE:
-                return self._leave(conn, _named_room(msg), ref=msg.ref)
-            if kind is MessageType.PRESENCE:
-                rooms = [self._target(conn, msg)] if msg.room is not None else sorted(conn.rooms)
-                return self._set_status(conn, PresenceStatus(msg.data["status"]), rooms)
-            return self._auth(conn, msg)
-        except ProtocolError as exc:
-            self.send_error(conn, exc)
-            return None
-
-    def _over_rate(self, conn: Connection, raw: str | bytes) -> str | None:
-        # Which limit this frame is over (None: within both), in messages and bytes.
-        now = self.loop.time()
-        if self.rate and not conn.bucket.take(now):
-            return f"{self.rate:g} messages/s"
-        byte_bucket = conn.byte_bucket
-        if byte_bucket is not None:
-            size = len(raw) if isinstance(raw, bytes) or raw.isascii() else len(raw.encode())
-            if not byte_bucket.take(now, size):
-                if self.rate:
-                    conn.bucket.give_back()
-                return f"{self.rate_bytes} bytes/s"
-        return None
-
-    def _rate_limited(self, conn: Connection, raw: str | bytes, limit: str) -> None:
-        self.metrics.rate_limited.inc()
-        abuse = conn.abuse
-        if abuse is not None and not abuse.take(self.loop.time()):
-            _log.warning(
-                "closing connection over the rate limit (1008)",
-                extra={"conn_id": conn.id, "remote": conn.remote},
-            )
-            self.metrics.policy_closes.labels(reason="rate").inc()
-            conn.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
-            return
-        self.send_error(
-            conn,
-            ProtocolError(
-                ErrorCode.RATE_LIMITED,
-                f"rate limit of {limit} exceeded; message dropped",
-                ref=_ref_of(raw),
-            ),
-        )
-
     def send_error(self, conn: Connection, exc: ProtocolError) -> None:
-        """Send ``exc`` to ``conn`` as an ``error`` message."""
+        """Send ``exc`` to ``conn`` as an ``error`` message (and count it)."""
         self.metrics.errors.labels(code=exc.code.value).inc()
         conn.send(self.messages.error(exc.code, exc.detail, ref=exc.ref))
-
-    def _target(self, conn: Connection, msg: ClientMessage) -> str:
-        room = msg.room
-        if room is None:
-            if len(conn.rooms) != 1:
-                raise ProtocolError(
-                    ErrorCode.INVALID_MESSAGE,
-                    f"'room' is required when joined to {len(conn.rooms)} rooms",
-                    ref=msg.ref,
-                )
-            (room,) = conn.rooms
-        elif room not in conn.rooms:
-            identity = conn.identity
-            if identity is not None and not identity.allows(room):
-                raise _forbidden(room, msg.ref)
-            raise ProtocolError(
-                ErrorCode.NOT_MEMBER, f"not a member of room {room!r}; join it first", ref=msg.ref
-            )
-        return room
-
-    def _check_join(self, conn: Connection, room: str, ref: str | None) -> None:
-        # Joins of one connection run one after another, so conn.rooms is current.
-        if room in conn.rooms:
-            return
-        identity = conn.identity
-        if identity is not None and not identity.allows(room):
-            raise _forbidden(room, ref)
-        if len(conn.rooms) >= self.max_rooms_per_connection:
-            raise ProtocolError(
-                ErrorCode.FORBIDDEN_ROOM,
-                f"room limit reached: a connection may be in at most"
-                f" {self.max_rooms_per_connection} rooms; leave one first",
-                ref=ref,
-            )
-
-    def _chat(self, conn: Connection, msg: ClientMessage) -> Awaitable[None] | None:
-        room = self._target(conn, msg)
-        message = self.messages.make(
-            MessageType.CHAT, room=room, data=msg.data, sender=conn.user_id
-        )
-        message.ref = msg.ref
-        hook = conn.config.on_message
-        if hook is None:
-            self._publish_from(conn, message)
-            return None
-        try:
-            result = hook(conn, message)
-        except Exception:
-            _log.exception("on_message hook failed; message dropped", extra={"conn_id": conn.id})
-            return None
-        if inspect.isawaitable(result):
-            return self._chat_async(conn, result)
-        if result is not None:
-            self._publish_from(conn, result)
-        return None
-
-    async def _chat_async(self, conn: Connection, pending: Awaitable[Message | None]) -> None:
-        try:
-            result = await pending
-        except Exception:
-            _log.exception("on_message hook failed; message dropped", extra={"conn_id": conn.id})
-            return
-        if result is not None and not conn.closed:
-            self._publish_from(conn, result)
-
-    def _publish_from(self, conn: Connection, message: Message) -> None:
-        # A message that cannot be encoded (a hook's result, say) gets its sender
-        # an invalid_message error; nothing is stored or delivered.
-        try:
-            self.broker.publish(message)
-        except ProtocolError as exc:
-            self.send_error(conn, exc)
-
-    async def _join(
-        self,
-        conn: Connection,
-        room: str,
-        *,
-        last_id: str | None = None,
-        ref: str | None = None,
-        buffer: list[Encoded] | None = None,
-    ) -> None:
-        """Join ``room``: subscribe, read the room's position and replay, then go live.
-
-        ``buffer`` is given while the connection is being attached (its welcome is
-        sent here); otherwise a ``joined`` reply is sent.
-        """
-        welcome = buffer is not None
-        if conn.closed:
-            return
-        resync = room in conn.rooms
-        if resync:
-            if last_id is None:  # already live in the room: nothing to replay
-                try:
-                    epoch = (await self.broker.history(room, limit=0)).epoch
-                except BrokerError:
-                    epoch = ""
-                self._reply_joined(conn, room, ref, recovered=False, epoch=epoch)
-                return
-            # A member asking for a replay (it saw an offset gap): catch up again,
-            # as a joiner would, while staying present in the room.
-            self.registry.leave(conn, room)
-        # Hold the room's live messages for this connection while it catches up.
-        held = buffer if buffer is not None else []
-        recovering = self._recovering.setdefault(room, {})
-        recovering[conn] = held
-        try:
-            await self._subscribed(room)
-            replay, page = await self._missed(room, last_id)
-        except BrokerError as exc:
-            _log.warning("history unavailable; joining without replay", extra={"error": str(exc)})
-            replay, page = [], HistoryPage(room=room, epoch="", offset=0)
-        finally:
-            del recovering[conn]
-            if not recovering:
-                del self._recovering[room]
-        if conn.closed:
-            self._release(room)
-            if resync:  # it left the registry's rooms above, so detach did not see it
-                await self._after_leave(conn, room, room not in self.registry.rooms)
-            return
-        # From here to registry.join nothing awaits: no message can slip between.
-        if welcome:
-            self._register(
-                conn, recovered=page.recovered, room=room, epoch=page.epoch, offset=page.offset
-            )
-        else:
-            self._reply_joined(
-                conn, room, ref, recovered=page.recovered, epoch=page.epoch, offset=page.offset
-            )
-        for encoded in merge(room, page.offset, replay, held):
-            conn.push(encoded)
-        self.registry.join(conn, room)
-        self.metrics.rooms.set(len(self.registry.rooms))
-        if resync:
-            return
-        came_online = await self.broker.presence.add(
-            room, user_id=conn.user_id, conn_id=conn.id, info=conn.info
-        )
-        if came_online and self.presence_events:
-            online = PresenceStatus.ONLINE
-            self._announce(self.messages.presence(room, conn.user_id, online, info=conn.info))
-
-    def _reply_joined(
-        self, conn: Connection, room: str, ref: str | None, *, recovered: bool, **extra: Any
-    ) -> None:
-        data: dict[str, Any] = {"room": room, "recovered": recovered, **extra}
-        if ref is not None:
-            data["ref"] = ref
-        conn.send(self.messages.system("joined", data, room=room))
-
-    async def _subscribed(self, room: str) -> None:
-        # One subscription per room, shared by concurrent joiners.
-        pending = self._subscriptions.get(room)
-        if pending is None:
-            pending = self._subscriptions[room] = self.loop.create_task(
-                _as_coroutine(self.broker.subscribe(room)), name=f"roomcast-subscribe-{room}"
-            )
-        await asyncio.shield(pending)
-
-    def _release(self, room: str) -> None:
-        # Unsubscribe from a room nobody here is in or joining any more.
-        if room in self.registry.rooms or room in self._recovering:
-            return
-        if self._subscriptions.pop(room, None) is not None and self.started:
-            self.spawn(self.broker.unsubscribe(room), name=f"roomcast-unsubscribe-{room}")
-
-    async def _missed(self, room: str, last_id: str | None) -> tuple[list[Encoded], HistoryPage]:
-        """The messages of ``room`` after ``last_id`` (every page), and the room's position."""
-        if last_id is None:
-            return [], await self.broker.history(room, limit=0)
-        page_size = max(1, self.send_queue // 2)
-        first = page = await self.broker.history(room, since=last_id, limit=page_size)
-        if not page.recovered:
-            return [], page
-        replay = list(page.messages)
-        while len(page.messages) == page_size:
-            tail = page.messages[-1].message
-            if tail is None:
-                break
-            page = await self.broker.history(room, since=tail.id, limit=page_size)
-            if not page.recovered:  # evicted while paging: the client must resync
-                return [], HistoryPage(room=room, epoch=page.epoch, offset=page.offset)
-            replay += page.messages
-        newest = replay[-1].message if replay else None
-        offset = first.offset
-        if newest is not None and newest.offset is not None:
-            offset = max(offset, newest.offset)
-        return replay, HistoryPage(room=room, epoch=first.epoch, offset=offset, recovered=True)
-
-    async def _leave(self, conn: Connection, room: str, *, ref: str | None) -> None:
-        if room not in conn.rooms:
-            self.send_error(
-                conn, ProtocolError(ErrorCode.NOT_MEMBER, f"not a member of room {room!r}", ref=ref)
-            )
-            return
-        last_local = self.registry.leave(conn, room)
-        self.metrics.rooms.set(len(self.registry.rooms))
-        data: dict[str, Any] = {"room": room}
-        if ref is not None:
-            data["ref"] = ref
-        conn.send(self.messages.system("left", data, room=room))
-        await self._after_leave(conn, room, last_local)
-
-    async def _after_leave(self, conn: Connection, room: str, last_local: bool) -> None:
-        self.statuses.left(conn, room)
-        went_offline = await self.broker.presence.remove(
-            room, user_id=conn.user_id, conn_id=conn.id
-        )
-        if went_offline and self.started and self.presence_events:
-            self._announce(self.messages.presence(room, conn.user_id, PresenceStatus.OFFLINE))
-        if last_local:
-            self._release(room)
-
-    async def _set_status(self, conn: Connection, status: PresenceStatus, rooms: list[str]) -> None:
-        # The state changes at once; announcements go out at most once per
-        # --presence-interval per connection (see roomcast.core.presence).
-        conn.status = status
-        statuses = self.statuses
-        sent = False
-        for room in rooms:
-            changed = await self.broker.presence.set_status(
-                room, user_id=conn.user_id, status=status
-            )
-            if not self.presence_events:
-                continue
-            if statuses.holding(conn):
-                statuses.hold(conn, room, status, changed=changed)
-            elif changed:
-                self._announce_status(conn, room, status)
-                sent = True
-        if sent and self.started and not conn.closed:
-            statuses.sent(conn, self.loop)
-
-    def _announce_status(self, conn: Connection, room: str, status: PresenceStatus) -> bool:
-        if not self.started:
-            return False
-        self._announce(self.messages.presence(room, conn.user_id, status, info=conn.info))
-        return True
-
-    def _auth(self, conn: Connection, msg: ClientMessage) -> Awaitable[None] | None:
-        # Token refresh: the same authenticator, the same user, a later expiry.
-        authenticator = conn.config.authenticator
-        if authenticator is None:
-            raise ProtocolError(
-                ErrorCode.INVALID_MESSAGE,
-                "this server does not check tokens, so there is nothing to refresh",
-                ref=msg.ref,
-            )
-        host = conn.remote.rpartition(":")[0]
-        try:
-            identity = authenticator(ConnectRequest.for_refresh(msg.data["token"], client=host))
-        except AuthError as exc:
-            raise _refused(exc.message, msg.ref) from None
-        except Exception:
-            _log.exception("authenticator failed on refresh", extra={"conn_id": conn.id})
-            raise _refused("authentication failed", msg.ref) from None
-        if inspect.isawaitable(identity):
-            return self._auth_later(conn, identity, msg.ref)
-        return self._refresh(conn, identity, msg.ref)
-
-    async def _auth_later(
-        self, conn: Connection, pending: Awaitable[Identity | None], ref: str | None
-    ) -> None:
-        try:
-            try:
-                identity = await pending
-            except AuthError as exc:
-                raise _refused(exc.message, ref) from None
-            except Exception:
-                _log.exception("authenticator failed on refresh", extra={"conn_id": conn.id})
-                raise _refused("authentication failed", ref) from None
-            step = self._refresh(conn, identity, ref)
-        except ProtocolError as exc:
-            self.send_error(conn, exc)
-            return
-        if step is not None:
-            await step
-
-    def _refresh(
-        self, conn: Connection, identity: Identity | None, ref: str | None
-    ) -> Awaitable[None] | None:
-        if not isinstance(identity, Identity):
-            raise _refused("no credentials", ref)
-        if conn.identity is None or identity.user_id != conn.user_id:
-            raise _refused("a refresh must be for the connection's own user (the same sub)", ref)
-        if identity.expires_at is not None and identity.expires_at <= self.clock():
-            raise _refused("token expired", ref)
-        conn.identity = identity
-        conn.info = identity.info
-        data: dict[str, Any] = {"user_id": identity.user_id, "expires_at": identity.expires_at}
-        if ref is not None:
-            data["ref"] = ref
-        conn.send(self.messages.system("refreshed", data))
-        revoked = sorted(room for room in conn.rooms if not identity.allows(room))
-        return self._leave_revoked(conn, revoked) if revoked else None
-
-    async def _leave_revoked(self, conn: Connection, rooms: list[str]) -> None:
-        # The new token no longer allows these rooms: leave them as if asked to.
-        for room in rooms:
-            await self._leave(conn, room, ref=None)
 
     # -- outbound -------------------------------------------------------------------------
 
@@ -794,26 +384,7 @@ class Engine:
         metrics.messages_sent.inc(n)
         metrics.fanouts.inc()
         if message is not None and message.created:
-            metrics.delivery_latency.observe(max(0.0, time.time() - message.created))
-
-    def _hold(self, room: str | None, encoded: Encoded) -> None:
-        # Connections catching up on a room get its messages after their replay.
-        if room is None:
-            for held in self._attaching.values():
-                held.append(encoded)
-            return
-        recovering = self._recovering.get(room)
-        if recovering:
-            for held in recovering.values():
-                held.append(encoded)
-
-    def _announce(self, message: Message) -> None:
-        # A server event (presence) whose payload cannot be encoded, e.g. an
-        # authenticator's ``info`` that is not JSON: logged, not sent.
-        try:
-            self.broker.publish(message)
-        except ProtocolError as exc:
-            _log.error("cannot announce %s: %s", message.type.value, exc.detail)
+            metrics.delivery_latency.observe(max(0.0, self.clock() - message.created))
 
     def handle_publish_error(self, message: Message, exc: BaseException) -> None:
         """Degrade gracefully: count, warn, and deliver ``message`` to local members."""
@@ -863,10 +434,17 @@ class Engine:
         """Count publications the broker dropped as copies of ones already delivered."""
         self.metrics.duplicates_dropped.inc(count)
 
+    def _announce_status(self, conn: Connection, room: str, status: PresenceStatus) -> bool:
+        # The status coalescer's (and the presence command's) announcement.
+        if not self.started:
+            return False
+        self.membership.announce(self.messages.presence(room, conn.user_id, status, info=conn.info))
+        return True
+
     def handle_presence_expired(self, room: str, user_id: str) -> None:
         """Announce that a user of a vanished pod went offline in ``room``."""
         if self.started and self.presence_events:
-            self._announce(self.messages.presence(room, user_id, PresenceStatus.OFFLINE))
+            self.membership.announce(self.messages.presence(room, user_id, PresenceStatus.OFFLINE))
 
     # -- application API --------------------------------------------------------------------
 
@@ -882,21 +460,21 @@ class Engine:
                 is stored or delivered).
             HubClosed: the hub is not running.
         """
-        if message.room is not None:
-            validate_room(message.room)
-        if not message.id:
-            self.messages.stamp(message)
+        self._prepare(message)
         if self._loop is None:
             raise HubClosed("the hub is not started")
         return await self.broker.publish(message)
 
     def broadcast(self, message: Message) -> None:
         """Publish without waiting (the seed's ``hub.Broadcast``); see :meth:`publish`."""
+        self._prepare(message)
+        self.broker.publish(message)
+
+    def _prepare(self, message: Message) -> None:
         if message.room is not None:
             validate_room(message.room)
         if not message.id:
             self.messages.stamp(message)
-        self.broker.publish(message)
 
     async def presence(self, room: str) -> list[PresenceMember]:
         """Users present in ``room`` (cluster-wide with a cluster broker)."""
@@ -904,20 +482,7 @@ class Engine:
 
     async def rooms(self) -> list[dict[str, Any]]:
         """Rooms with their local and cluster-wide connection counts and user counts."""
-        stats = {s.room: s for s in await self.broker.presence.rooms()}
-        names = sorted(set(stats) | set(self.registry.rooms))
-        out = []
-        for name in names:
-            stat = stats.get(name)
-            out.append(
-                {
-                    "room": name,
-                    "connections": len(self.registry.rooms.get(name, ())),
-                    "cluster_connections": stat.connections if stat else 0,
-                    "users": stat.users if stat else 0,
-                }
-            )
-        return out
+        return await self.membership.rooms()
 
     @property
     def connection_count(self) -> int:
@@ -929,70 +494,6 @@ class Engine:
         """Connections accepted whose welcome is not sent yet."""
         return len(self._attaching)
 
-    # -- keepalive --------------------------------------------------------------------------
-
-    async def _sweep(self) -> None:
-        period = max(0.05, min(1.0, self.ping_interval / 4, self.ping_timeout / 4))
-        while True:
-            await asyncio.sleep(period)
-            now = self.loop.time()
-            wall = self.clock()
-            for conn in list(self.registry.connections.values()):
-                try:
-                    conn.keepalive(now)
-                    identity = conn.identity
-                    expires_at = identity.expires_at if identity is not None else None
-                    if expires_at is not None and expires_at <= wall:
-                        self._expire(conn)
-                except Exception:
-                    _log.exception("keepalive failed", extra={"conn_id": conn.id})
-                    conn.abort()
-            self.gate.prune(now)
-
-    def _expire(self, conn: Connection) -> None:
-        # The credentials ran out and were not refreshed: 4001.
-        _log.info(
-            "credentials expired; closing (4001)",
-            extra={"conn_id": conn.id, "user_id": conn.user_id, "remote": conn.remote},
-        )
-        conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
-
-
-def _forbidden(room: str, ref: str | None) -> ProtocolError:
-    return ProtocolError(
-        ErrorCode.FORBIDDEN_ROOM, f"room {room!r} is not allowed by your token", ref=ref
-    )
-
-
-def _refused(reason: str, ref: str | None) -> ProtocolError:
-    return ProtocolError(ErrorCode.INVALID_MESSAGE, f"token refused: {reason}", ref=ref)
-
-
-def _ref_of(raw: str | bytes) -> str | None:
-    # The ref of a message that is dropped unhandled, for the error about it.
-    try:
-        return parse(raw).ref
-    except ProtocolError as exc:
-        return exc.ref
-
-
-def _named_room(msg: ClientMessage) -> str:
-    # parse() guarantees join/leave name a valid room.
-    if msg.room is None:
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{msg.type.value} needs a 'room'")
-    return msg.room
-
 
 async def _as_coroutine(aw: Awaitable[Any]) -> Any:
     return await aw
-
-
-async def _call(hook: Callable[..., Any], *args: Any) -> Any:
-    try:
-        result = hook(*args)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-    except Exception:
-        _log.exception("hook %s failed", getattr(hook, "__name__", hook))
-        return None

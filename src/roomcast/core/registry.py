@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from roomcast.core.connection import Connection, Flusher
+from roomcast.core.connection import Connection
+from roomcast.core.flusher import Flusher
 from roomcast.protocol import Encoded
 
 __all__ = ["Registry"]

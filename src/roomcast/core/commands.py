@@ -1,0 +1,272 @@
+"""Inbound dispatch: one client frame in, SPEC §3's answer out, within the rate limits.
+
+:meth:`Commands.handle` is the hot path of every client frame: rate limits (in
+messages and in bytes, per connection; a connection that keeps pushing past
+them is closed with 1008), :func:`~roomcast.protocol.parse`, then one branch
+per message type — ``chat`` (through the endpoint's ``on_message`` hook, then
+the broker), ``ping``, ``join`` / ``leave`` (:mod:`roomcast.core.subscriptions`),
+``presence`` (a status change, its announcements coalesced by
+:class:`~roomcast.core.presence.StatusCoalescer`) and ``auth``
+(:mod:`roomcast.core.refresh`). A frame the client got wrong is answered with an
+``error`` message; the connection stays.
+
+Calling contract: front ends call :meth:`Commands.handle` (bound as
+:attr:`Engine.handle <roomcast.core.engine.Engine.handle>`) through
+:meth:`Connection.receive <roomcast.core.connection.Connection.receive>`, one
+frame at a time per connection. It returns None when the frame is done, or an
+awaitable the connection must run before its next frame; nothing here starts a
+task. :meth:`Commands.reject_overload` drops a frame that found the
+connection's inbox full.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from roomcast.core.subscriptions import forbidden
+from roomcast.errors import CloseCode, ErrorCode, ProtocolError
+from roomcast.protocol import ClientMessage, Message, MessageType, PresenceStatus, parse
+
+if TYPE_CHECKING:
+    from roomcast.core.connection import Connection
+    from roomcast.core.engine import Engine
+    from roomcast.core.presence import Announce
+    from roomcast.core.refresh import TokenRefresh
+    from roomcast.core.subscriptions import Membership
+
+__all__ = ["Commands"]
+
+_log = logging.getLogger("roomcast.hub")
+
+
+class Commands:
+    """Handles client frames: rate limits, parsing, and each message type.
+
+    Args:
+        hub: the engine: its broker, metrics, message factory, status
+            coalescer, ``presence_events`` and rate limits are read once; its
+            ``loop``, ``started`` and ``send_error`` at each use.
+        membership: runs ``join`` and ``leave``.
+        refresh: runs ``auth`` (token refresh).
+        announce_status: announces a connection's status in a room (the
+            status coalescer's callback too).
+    """
+
+    __slots__ = (
+        "_announce_status",
+        "_broker",
+        "_hub",
+        "_membership",
+        "_messages",
+        "_metrics",
+        "_presence_events",
+        "_rate",
+        "_rate_bytes",
+        "_refresh",
+        "_statuses",
+    )
+
+    def __init__(
+        self,
+        hub: Engine,
+        *,
+        membership: Membership,
+        refresh: TokenRefresh,
+        announce_status: Announce,
+    ) -> None:
+        self._hub = hub
+        self._broker = hub.broker
+        self._metrics = hub.metrics
+        self._messages = hub.messages
+        self._statuses = hub.statuses
+        self._presence_events = hub.presence_events
+        self._rate = hub.rate
+        self._rate_bytes = hub.rate_bytes
+        self._membership = membership
+        self._refresh = refresh
+        self._announce_status = announce_status
+
+    def handle(self, conn: Connection, raw: str | bytes) -> Awaitable[None] | None:
+        """Handle one client frame.
+
+        Returns None when done, or an awaitable the connection must run before its
+        next frame (see :meth:`Connection.receive
+        <roomcast.core.connection.Connection.receive>`).
+        """
+        self._metrics.messages_received.inc()
+        if conn.abuse is not None:
+            over = self._over_rate(conn, raw)
+            if over is not None:
+                self._rate_limited(conn, raw, over)
+                return None
+        try:
+            msg = parse(raw)
+            kind = msg.type
+            if kind is MessageType.CHAT:
+                return self._chat(conn, msg)
+            if kind is MessageType.PING:
+                pong = self._messages.make(MessageType.PONG, data=msg.data)
+                conn.send(pong)
+                return None
+            if kind is MessageType.JOIN:
+                room = _named_room(msg)
+                membership = self._membership
+                membership.check(conn, room, msg.ref)
+                return membership.join(conn, room, last_id=msg.last_id, ref=msg.ref)
+            if kind is MessageType.LEAVE:
+                return self._membership.leave(conn, _named_room(msg), ref=msg.ref)
+            if kind is MessageType.PRESENCE:
+                rooms = [self._target(conn, msg)] if msg.room is not None else sorted(conn.rooms)
+                return self._set_status(conn, PresenceStatus(msg.data["status"]), rooms)
+            return self._refresh.auth(conn, msg)
+        except ProtocolError as exc:
+            self._hub.send_error(conn, exc)
+            return None
+
+    def reject_overload(self, conn: Connection, raw: str | bytes) -> None:
+        """A connection's inbox is full (its hooks are too slow): drop the frame."""
+        self._metrics.rate_limited.inc()
+        self._hub.send_error(
+            conn,
+            ProtocolError(
+                ErrorCode.RATE_LIMITED, "too many messages waiting; dropped", ref=_ref_of(raw)
+            ),
+        )
+
+    # -- rate limits --------------------------------------------------------------------
+
+    def _over_rate(self, conn: Connection, raw: str | bytes) -> str | None:
+        # Which limit this frame is over (None: within both), in messages and bytes.
+        now = self._hub.loop.time()
+        rate = self._rate
+        if rate and not conn.bucket.take(now):
+            return f"{rate:g} messages/s"
+        byte_bucket = conn.byte_bucket
+        if byte_bucket is not None:
+            size = len(raw) if isinstance(raw, bytes) or raw.isascii() else len(raw.encode())
+            if not byte_bucket.take(now, size):
+                if rate:
+                    conn.bucket.give_back()
+                return f"{self._rate_bytes} bytes/s"
+        return None
+
+    def _rate_limited(self, conn: Connection, raw: str | bytes, limit: str) -> None:
+        metrics = self._metrics
+        metrics.rate_limited.inc()
+        abuse = conn.abuse
+        if abuse is not None and not abuse.take(self._hub.loop.time()):
+            _log.warning(
+                "closing connection over the rate limit (1008)",
+                extra={"conn_id": conn.id, "remote": conn.remote},
+            )
+            metrics.policy_closes.labels(reason="rate").inc()
+            conn.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded")
+            return
+        self._hub.send_error(
+            conn,
+            ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"rate limit of {limit} exceeded; message dropped",
+                ref=_ref_of(raw),
+            ),
+        )
+
+    # -- chat ---------------------------------------------------------------------------
+
+    def _target(self, conn: Connection, msg: ClientMessage) -> str:
+        room = msg.room
+        if room is None:
+            if len(conn.rooms) != 1:
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE,
+                    f"'room' is required when joined to {len(conn.rooms)} rooms",
+                    ref=msg.ref,
+                )
+            (room,) = conn.rooms
+        elif room not in conn.rooms:
+            identity = conn.identity
+            if identity is not None and not identity.allows(room):
+                raise forbidden(room, msg.ref)
+            raise ProtocolError(
+                ErrorCode.NOT_MEMBER, f"not a member of room {room!r}; join it first", ref=msg.ref
+            )
+        return room
+
+    def _chat(self, conn: Connection, msg: ClientMessage) -> Awaitable[None] | None:
+        room = self._target(conn, msg)
+        message = self._messages.make(
+            MessageType.CHAT, room=room, data=msg.data, sender=conn.user_id
+        )
+        message.ref = msg.ref
+        hook = conn.config.on_message
+        if hook is None:
+            self._publish_from(conn, message)
+            return None
+        try:
+            result = hook(conn, message)
+        except Exception:
+            _log.exception("on_message hook failed; message dropped", extra={"conn_id": conn.id})
+            return None
+        if inspect.isawaitable(result):
+            return self._chat_async(conn, result)
+        if result is not None:
+            self._publish_from(conn, result)
+        return None
+
+    async def _chat_async(self, conn: Connection, pending: Awaitable[Message | None]) -> None:
+        try:
+            result = await pending
+        except Exception:
+            _log.exception("on_message hook failed; message dropped", extra={"conn_id": conn.id})
+            return
+        if result is not None and not conn.closed:
+            self._publish_from(conn, result)
+
+    def _publish_from(self, conn: Connection, message: Message) -> None:
+        # A message that cannot be encoded (a hook's result, say) gets its sender
+        # an invalid_message error; nothing is stored or delivered.
+        try:
+            self._broker.publish(message)
+        except ProtocolError as exc:
+            self._hub.send_error(conn, exc)
+
+    # -- presence status ----------------------------------------------------------------
+
+    async def _set_status(self, conn: Connection, status: PresenceStatus, rooms: list[str]) -> None:
+        # The state changes at once; announcements go out at most once per
+        # --presence-interval per connection (see roomcast.core.presence).
+        conn.status = status
+        statuses = self._statuses
+        sent = False
+        for room in rooms:
+            changed = await self._broker.presence.set_status(
+                room, user_id=conn.user_id, status=status
+            )
+            if not self._presence_events:
+                continue
+            if statuses.holding(conn):
+                statuses.hold(conn, room, status, changed=changed)
+            elif changed:
+                self._announce_status(conn, room, status)
+                sent = True
+        hub = self._hub
+        if sent and hub.started and not conn.closed:
+            statuses.sent(conn, hub.loop)
+
+
+def _ref_of(raw: str | bytes) -> str | None:
+    # The ref of a message that is dropped unhandled, for the error about it.
+    try:
+        return parse(raw).ref
+    except ProtocolError as exc:
+        return exc.ref
+
+
+def _named_room(msg: ClientMessage) -> str:
+    # parse() guarantees join/leave name a valid room.
+    if msg.room is None:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{msg.type.value} needs a 'room'")
+    return msg.room
