@@ -8,7 +8,13 @@ Every exception roomcast raises derives from :class:`RoomcastError`::
     ├── ProtocolError        a client message that breaks SPEC §3 (carries an ErrorCode)
     ├── BrokerError          the broker could not do what was asked
     │   └── BrokerUnavailable  the broker is unreachable right now
-    └── HubClosed            the hub is not running
+    ├── HubClosed            the hub is not running
+    └── ClientError          raised by the Python client (roomcast.client)
+        ├── InvalidArgument   a bad URL, room name or presence status (also a ValueError)
+        ├── NotConnected      send() or ping() while the connection is down
+        ├── ClientClosed      closed by close(), or the server said not to retry
+        ├── ReplyError        the server answered a request with an error message
+        └── TokenUnavailable  get_token failed or returned no token
 
 Errors a client caused are answered with an ``error`` message carrying an
 :class:`ErrorCode`; a connection that must end is closed with a :class:`CloseCode`.
@@ -23,12 +29,18 @@ __all__ = [
     "AuthError",
     "BrokerError",
     "BrokerUnavailable",
+    "ClientClosed",
+    "ClientError",
     "CloseCode",
     "ConfigError",
     "ErrorCode",
     "HubClosed",
+    "InvalidArgument",
+    "NotConnected",
     "ProtocolError",
+    "ReplyError",
     "RoomcastError",
+    "TokenUnavailable",
 ]
 
 
@@ -138,3 +150,97 @@ class BrokerUnavailable(BrokerError):
 
 class HubClosed(RoomcastError):
     """The hub is not running (not started yet, or already closed)."""
+
+
+# -- the Python client (roomcast.client re-exports these) -------------------------------
+
+
+class ClientError(RoomcastError):
+    """Root of the exceptions :mod:`roomcast.client` raises."""
+
+
+class InvalidArgument(ClientError, ValueError):
+    """The client cannot use an argument: a URL that is not ``ws://`` or ``wss://``, an
+    invalid room name, a presence status other than ``online`` and ``away``.
+
+    Also a :class:`ValueError`, which is what the client raised before it had its own
+    error, so ``except ValueError`` keeps working.
+
+    Attributes:
+        argument: the argument's name (``url``, ``room``, ``status``).
+        value: the value refused.
+        expected: what the argument accepts.
+    """
+
+    def __init__(self, argument: str, value: object, expected: str) -> None:
+        super().__init__(argument, value, expected)
+        self.argument = argument
+        self.value = value
+        self.expected = expected
+
+    def __str__(self) -> str:
+        return f"invalid {self.argument} {self.value!r}: {self.expected}"
+
+
+class NotConnected(ClientError):
+    """The client is not connected right now (it may be reconnecting).
+
+    Chat messages are neither queued nor resent: the caller decides what to do.
+    """
+
+
+class ClientClosed(ClientError):
+    """The client is closed and will not reconnect.
+
+    Attributes:
+        code: the close code (or HTTP status, see ``status``) that ended it; 1000
+            after ``Client.close()``.
+        reason: the close reason.
+        status: the HTTP status when the server refused the handshake.
+        deliberate: True when ``Client.close()`` ended it.
+    """
+
+    def __init__(
+        self,
+        code: int | None,
+        reason: str = "",
+        *,
+        status: int | None = None,
+        deliberate: bool = False,
+    ) -> None:
+        super().__init__(code, reason, status, deliberate)
+        self.code = code
+        self.reason = reason
+        self.status = status
+        self.deliberate = deliberate
+
+    def __str__(self) -> str:
+        if self.deliberate:
+            return "client closed"
+        if self.status is not None:
+            return f"server refused the connection: HTTP {self.status} {self.reason}".rstrip()
+        detail = f"{self.code}: {self.reason}" if self.reason else f"{self.code}"
+        return f"connection closed by the server ({detail})"
+
+
+class ReplyError(ClientError):
+    """The server answered a client's request (join, leave, ...) with an ``error`` message.
+
+    Attributes:
+        code: the error code (``forbidden_room``, ``not_member``, ...).
+        detail: the server's explanation.
+        ref: the ref of the request.
+    """
+
+    def __init__(self, code: str, detail: str, ref: str | None = None) -> None:
+        super().__init__(code, detail, ref)
+        self.code = code
+        self.detail = detail
+        self.ref = ref
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+class TokenUnavailable(ClientError):
+    """The client's ``get_token`` raised, or did not return a token string."""

@@ -1,27 +1,41 @@
 """The Python client: ``async with connect(url) as client``.
 
-See :mod:`roomcast.client.client`.
+A sans-I/O core under a thin asyncio layer. The core does no I/O; its clocks and
+random source are injected:
+
+- :mod:`roomcast.client.policy`: the rules as pure functions (backoff, what a
+  close code or a refused handshake means, when to refresh the token);
+- :mod:`roomcast.client.rooms`: the room tracker: rooms wanted, the position in
+  each, gaps, what to ask for on reconnecting;
+- :mod:`roomcast.client.connector`: the attempts, the token and the URL of the
+  next connection;
+- :mod:`roomcast.client.session`: the state machine: server frames and the user's
+  requests in, frames and events (:mod:`roomcast.client.replies`) out.
+
+The asyncio layer: :mod:`roomcast.client.client` (:class:`Client`,
+:func:`connect`), :mod:`roomcast.client.link` (one WebSocket connection and its
+tasks) and :mod:`roomcast.client.pending` (what callers wait for, with timeouts).
+The exceptions live in :mod:`roomcast.errors`, under :class:`~roomcast.RoomcastError`.
 """
 
-from roomcast.client.client import (
-    Client,
-    ClientClosed,
-    ClientError,
+from roomcast.client.client import Client, connect
+from roomcast.client.policy import (
     CloseAction,
-    Gap,
-    NotConnected,
-    ReplyError,
-    RoomState,
-    RoomStatus,
-    State,
-    StateChange,
-    TokenUnavailable,
     backoff_ceiling,
     backoff_delay,
     close_action,
-    connect,
     jwt_expiry,
     status_action,
+)
+from roomcast.client.rooms import Gap, RoomState, RoomStatus
+from roomcast.client.session import State, StateChange
+from roomcast.errors import (
+    ClientClosed,
+    ClientError,
+    InvalidArgument,
+    NotConnected,
+    ReplyError,
+    TokenUnavailable,
 )
 
 __all__ = [
@@ -30,6 +44,7 @@ __all__ = [
     "ClientError",
     "CloseAction",
     "Gap",
+    "InvalidArgument",
     "NotConnected",
     "ReplyError",
     "RoomState",
