@@ -1,9 +1,10 @@
 """The native front end's frame handling at read boundaries, over a real socket.
 
-Plain text frames take a fast path; everything else goes to the sans-I/O parser.
-These tests mix the two inside one read and split frames across reads, and check
-every message still arrives once, in order, and that protocol errors still close
-the connection with the right code.
+Frames go through :class:`~roomcast.frontends.fastpath.FrameSplitter` (tested on
+its own in ``test_fastpath.py``). These tests mix plain text frames with others
+inside one read and split frames across reads, and check every message still
+arrives once, in order, and that protocol errors still close the connection with
+the right code; the last ones drive the protocol on an in-memory transport.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.support import (
     ServerProcess,
     close_code,
     mask_frame,
+    split_frames,
     upgrade_request,
 )
 
@@ -185,41 +187,92 @@ class _Transport(asyncio.Transport):
         pass
 
 
-async def test_parser_state_decides_the_fast_path() -> None:
-    # Once open, the handshake's parser is swapped for a frames-only one and plain
-    # frames skip it; while a frame is half-read they must not.
-    from websockets.protocol import Protocol
+async def opened(hub: Any, room: str, *, behind: bytes = b"") -> tuple[Any, _Transport]:
+    """A native protocol on an in-memory transport, upgraded and joined to ``room``.
+
+    The request comes in two reads, the second with ``behind`` right after it.
+    """
+    from roomcast.frontends.native import protocol_class
+
+    proto = protocol_class(hub)()
+    transport = _Transport()
+    proto.connection_made(transport)
+    request = upgrade_request(f"/ws/{room}")
+    proto.data_received(request[:20])
+    proto.data_received(request[20:] + behind)
+    assert transport.written[0].startswith(b"HTTP/1.1 101")
+    for _ in range(100):  # the join completes in a few loop iterations
+        if room in hub.registry.rooms:
+            break
+        await asyncio.sleep(MS)
+    await asyncio.sleep(10 * MS)
+    return proto, transport
+
+
+async def test_once_open_frames_go_to_the_splitter_from_right_behind_the_request() -> None:
+    # The handshake's protocol (and the request it holds) is dropped once open;
+    # what the client sent behind the request, here half a frame header, and
+    # frames cut anywhere later, all reach the splitter in order.
     from websockets.server import ServerProtocol
 
     from roomcast.app import Hub
+    from roomcast.frontends.fastpath import FrameSplitter
     from roomcast.frontends.native import protocol_class
 
     hub = Hub(rate=0)
     await hub.start()
     try:
-        proto = protocol_class(hub)()
-        transport = _Transport()
-        proto.connection_made(transport)
-        assert isinstance(proto.ws, ServerProtocol)
-        assert not proto.plain
-        proto.data_received(upgrade_request("/ws/fast-state"))
-        assert transport.written[0].startswith(b"HTTP/1.1 101")
-        assert type(proto.ws) is Protocol
-        assert proto.plain
-        for _ in range(100):  # the join completes in a few loop iterations
-            if "fast-state" in hub.registry.rooms:
-                break
-            await asyncio.sleep(MS)
-        frame = chat(1)
-        proto.data_received(frame[:2])  # the header alone: the parser is mid-frame
-        assert not proto.plain
-        proto.data_received(frame[2:])
-        assert proto.plain
-        await asyncio.sleep(0)
-        proto.data_received(chat(2))  # fast path
+        fresh = protocol_class(hub)()
+        assert isinstance(fresh.ws, ServerProtocol)
+        assert fresh.frames is None
+        first, second = chat(1), chat(2)
+        proto, transport = await opened(hub, "fast-state", behind=first[:3])
+        assert proto.ws is None
+        assert isinstance(proto.frames, FrameSplitter)
+        proto.data_received(first[3:] + second[:2])
+        proto.data_received(second[2:])
         await asyncio.sleep(10 * MS)
         sent = b"".join(transport.written)
         assert sent.count(b'"chat"') == 2
         assert sent.index(b'"i":1') < sent.index(b'"i":2')
+    finally:
+        await hub.close()
+
+
+async def test_a_ping_flood_in_one_read_is_answered_then_closed_1008() -> None:
+    # Every ping of the read that crosses the budget is answered, then 1008.
+    from roomcast.app import Hub
+    from roomcast.frontends.native import CONTROL_BURST
+
+    hub = Hub(rate=0)
+    await hub.start()
+    try:
+        proto, transport = await opened(hub, "fast-flood")
+        transport.written.clear()
+        count = CONTROL_BURST * 3
+        proto.data_received(b"".join(mask_frame(0x9, b"%d" % i) for i in range(count)))
+        frames = split_frames(b"".join(transport.written))
+        assert frames[:-1] == [(0xA, b"%d" % i) for i in range(count)]
+        assert frames[-1][0] == 0x8
+        assert close_code(frames[-1][1]) == 1008
+        assert transport.closing
+        proto.data_received(mask_frame(0x9, b"late"))
+        assert len(split_frames(b"".join(transport.written))) == count + 1
+    finally:
+        await hub.close()
+
+
+async def test_a_client_close_is_echoed_then_the_tcp_closed() -> None:
+    from roomcast.app import Hub
+
+    hub = Hub(rate=0)
+    await hub.start()
+    try:
+        proto, transport = await opened(hub, "fast-close")
+        transport.written.clear()
+        proto.data_received(mask_frame(0x9, b"p") + mask_frame(0x8, b"\x0f\xa0bye") + chat(3))
+        assert split_frames(b"".join(transport.written)) == [(0xA, b"p"), (0x8, b"\x0f\xa0bye")]
+        assert transport.closing
+        assert "fast-close" not in hub.registry.rooms
     finally:
         await hub.close()

@@ -1,38 +1,28 @@
 """The native WebSocket front end: an asyncio protocol that writes frames itself.
 
 uvicorn hands every WebSocket upgrade request to its ``ws`` protocol class; the
-standalone server plugs :func:`protocol_class` in there, so plain HTTP stays on
-ASGI while WebSocket connections skip the ASGI message layer entirely. The
-opening handshake, frame parsing, UTF-8 and size checks, pings and the closing
-handshake are done by the sans-I/O :class:`websockets.server.ServerProtocol`;
-outgoing data frames are built once per message by
-:attr:`roomcast.protocol.Encoded.frame` and written by :meth:`NativeConnection.flush`
-with one ``transport.write`` per connection per event-loop iteration.
+standalone server plugs :func:`protocol_class` in there, so plain HTTP stays on ASGI
+while WebSocket connections skip the ASGI message layer. The opening handshake is
+websockets' sans-I/O ``ServerProtocol``; then :class:`~roomcast.frontends.fastpath.FrameSplitter`
+parses the client's frames, and this module moves bytes, answers pings within a
+budget and closes. :meth:`NativeConnection.flush` writes the frames built once per
+message (:attr:`roomcast.protocol.Encoded.frame`), one write per loop iteration.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
-from websockets.exceptions import InvalidState
+from websockets.frames import Close as CloseFrame
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
-from websockets.protocol import SERVER, Protocol, State
 from websockets.server import ServerProtocol
-from websockets.streams import StreamReader
-
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - the C extension is missing on this platform
-    from websockets.utils import apply_mask
 
 from roomcast.core.admission import Admission, Refusal
 from roomcast.core.auth import ConnectRequest
@@ -40,6 +30,7 @@ from roomcast.core.connection import Connection
 from roomcast.core.endpoint import HandlerConfig
 from roomcast.core.ratelimit import TokenBucket
 from roomcast.errors import CloseCode, ErrorCode, ProtocolError
+from roomcast.frontends.fastpath import Close, Event, FrameSplitter, Ping, Pong, Violation
 
 if TYPE_CHECKING:
     from roomcast.core.engine import Engine
@@ -49,30 +40,25 @@ __all__ = ["NativeConnection", "NativeWebSocketProtocol", "protocol_class"]
 _log = logging.getLogger("roomcast.native")
 
 CLOSE_TIMEOUT = 5.0
+"""Seconds to wait for the client's close frame (or to drain to a slow client)."""
 
 CONTROL_BURST = 10
 """Pings a client may send at once; beyond, ``CONTROL_RATE`` per second, else close 1008."""
 
 CONTROL_RATE = 2.0
 """Pings per second a client may keep sending (each one costs the server a pong)."""
-"""Seconds to wait for the client's close frame (or to drain to a slow client)."""
 
-_WAITING = StreamReader.at_eof.__code__
+_BINARY = "binary frames are not supported; send JSON text"
 
 
-def _between_frames(ws: Protocol) -> bool:
-    """Whether ``ws``'s parser waits for the first byte of a frame, nothing buffered.
+def _frame(opcode: Opcode, payload: bytes) -> bytes:
+    """An unmasked control frame from the server (websockets checks and builds it)."""
+    return Frame(opcode, payload).serialize(mask=False)
 
-    Its reader's buffer alone does not tell: the parser takes a frame's header
-    out of the buffer before the rest has arrived. Between frames the parser
-    sits in :meth:`StreamReader.at_eof`, and that is what is checked.
-    """
-    if ws.reader.buffer or ws.current_size is not None:
-        return False
-    gen: Any = ws.parser
-    while gen.gi_yieldfrom is not None:
-        gen = gen.gi_yieldfrom
-    return gen.gi_code is _WAITING
+
+def _close_frame(code: int, reason: str) -> bytes:
+    """A close frame with ``code`` and ``reason``."""
+    return _frame(Opcode.CLOSE, CloseFrame(code, reason).serialize())
 
 
 class NativeConnection(Connection):
@@ -143,13 +129,14 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         "close_timer",
         "conn",
         "controls",
-        "fragment_text",
-        "fragments",
-        "held",
+        "early",
+        "eof",
+        "frames",
+        "head_tail",
         "paused",
-        "plain",
         "reading_held",
         "remote",
+        "replies",
         "server_connections",
         "transport",
         "ws",
@@ -169,10 +156,15 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self.server_connections: set[Any] | None = (
             server_state.connections if server_state is not None else None
         )
-        # The handshake's protocol; a frames-only one replaces it once open.
-        self.ws: Protocol = ServerProtocol(max_size=self.hub.max_message_bytes, logger=_log)
-        # True while the parser is between frames: plain text frames may skip it.
-        self.plain = False
+        # The handshake's protocol until the connection opens, then the frames'
+        # splitter; the request's last bytes (its end may straddle two reads),
+        # then what the client sent behind it.
+        self.ws: ServerProtocol | None = ServerProtocol(logger=_log)
+        self.frames: FrameSplitter | None = None
+        self.head_tail = b""
+        self.early: bytes | None = None
+        # Control frames to send (pongs, close), written together at the end of a read.
+        self.replies: list[bytes] = []
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.conn: NativeConnection | None = None
         self.paused = False
@@ -182,12 +174,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         # Control frames (pings) a client may send: CONTROL_BURST, then CONTROL_RATE/s.
         self.controls = TokenBucket(CONTROL_RATE, CONTROL_BURST, time.monotonic())
         self.close_sent = False
+        self.eof = False  # the TCP is closed: the connection failed, or the handshake ended
         self.close_timer: asyncio.TimerHandle | None = None
-        self.fragments: list[bytes | bytearray | memoryview] = []
-        self.fragment_text = True
         self.remote = ""
-        # Events received while an async admission runs (None otherwise).
-        self.held: list[Any] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -225,9 +214,8 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             self.hub.flusher.mark(conn)
 
     def _reading(self) -> None:
-        # Read from the client only while neither an admission nor a full
-        # outgoing buffer holds it back (every pong, error and reply it could
-        # provoke would otherwise pile up unread).
+        # Read only while neither an admission nor a full outgoing buffer holds it
+        # back (every pong, error and reply it could provoke would pile up unread).
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -237,83 +225,23 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        """Parse frames and hand complete text messages to the connection."""
-        if self.plain:
-            data = self.text_frames(data)
-            if not data:
-                return
-        ws = self.ws
-        ws.receive_data(data)
-        self.dispatch(ws.events_received())
-
-    def text_frames(self, data: bytes) -> bytes:
-        """Handle the plain text frames at the front of ``data``; return the rest.
-
-        The fast path for what clients send almost always: complete, unfragmented,
-        masked text frames with a payload under 64 KiB and no reserved bits. Only
-        called while the sans-I/O parser sits at a frame boundary with nothing
-        buffered, so everything else — control frames, fragments, protocol errors,
-        frames split across reads — goes on to it from the first frame that is not
-        plain, and it enforces the protocol there.
-        """
-        # Precondition: self.plain (the parser is between frames).
-        limit = self.hub.max_message_bytes
-        size = len(data)
-        i = 0
-        while size - i >= 6 and data[i] == 0x81:  # FIN, no RSV bits, opcode text
-            second = data[i + 1]
-            if second < 0x80:  # unmasked: a protocol error for the parser to report
-                break
-            length = second & 0x7F
-            start = i + 6
-            if length == 126:
-                if size - i < 8:
-                    break
-                length = (data[i + 2] << 8) | data[i + 3]
-                start = i + 8
-            elif length == 127:
-                break
-            end = start + length
-            if end > size or length > limit:
-                break
-            payload = apply_mask(data[start:end], data[start - 4 : start])
-            i = end
-            self.message_received(payload, True)
-            if self.close_sent:
-                break
-        return data[i:] if i else data
-
-    def dispatch(self, events: Iterable[Any]) -> None:
-        ws = self.ws
+        """Split the client's frames and act on them in order (before: read the request)."""
+        frames = self.frames
+        if frames is None:
+            self.handshake_data(data)
+            return
+        events = frames.receive_data(data)
+        conn = self.conn
+        if not events or conn is None or self.eof:
+            return
         for event in events:
-            if type(event) is Frame:
-                held = self.held
-                if held is None:
-                    self.frame_received(event)
-                else:  # sent right behind the request: after the admission
-                    held.append(event)
-            elif isinstance(event, Request):
-                self.handshake(event)
-        self.write_protocol_data()
-        if ws.parser_exc is not None and not self.close_sent:
-            # The parser failed the connection (1002, 1007, 1009): close frame is out.
-            self.after_close_sent()
-        self.plain = (
-            self.conn is not None
-            and self.held is None
-            and not self.close_sent
-            and ws.state is State.OPEN
-            and _between_frames(ws)
-        )
-        if self.plain and type(ws) is ServerProtocol:
-            # Open, and nothing half-parsed: go on with a protocol that knows only
-            # frames, so the upgrade request (which the handshake's parser keeps
-            # referring to) is freed. Its pending output went out above.
-            self.ws = Protocol(SERVER, max_size=self.hub.max_message_bytes, logger=_log)
-
-    def eof_received(self) -> bool | None:
-        """The client half-closed: let the transport close."""
-        return None
+            if type(event) is str:
+                if not self.close_sent:
+                    conn.receive(event)
+            else:
+                self.control(event, events)
+        if self.replies:  # the pongs of the whole read, in one write
+            self.write_replies()
 
     # -- uvicorn's server state -------------------------------------------------------------
 
@@ -326,7 +254,30 @@ class NativeWebSocketProtocol(asyncio.Protocol):
 
     # -- handshake --------------------------------------------------------------------------
 
+    def handshake_data(self, data: bytes) -> None:
+        """Feed the upgrade request to the handshake's protocol; keep the frames behind it."""
+        ws = self.ws
+        if ws is None or self.close_sent:
+            return
+        if self.early is not None:  # the request is in and its admission runs
+            self.early += data
+            return
+        seen = self.head_tail + data
+        end = seen.find(b"\r\n\r\n")
+        if end < 0:
+            self.head_tail = seen[-3:]
+        else:
+            cut = end + 4 - len(self.head_tail)
+            self.early = data[cut:]
+            data = data[:cut]
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Request):
+                self.handshake(event)
+        self.write_replies()
+
     def handshake(self, request: Request) -> None:
+        """Admit or refuse the upgrade ``request`` (an async admission holds reading)."""
         parts = urlsplit(request.path)
         path = unquote(parts.path)
         if path != self.prefix and not path.startswith(self.prefix + "/"):
@@ -345,14 +296,13 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             return
         # An async authenticator or a per-user count in Redis: stop reading from
         # the client until the decision is in, then go on where we left off.
-        self.held = []
         self.reading_held = True
         self._reading()
         task = self.hub.spawn(decision, name="roomcast-admission")
         task.add_done_callback(functools.partial(self.admission_done, request))
 
     def admission_done(self, request: Request, task: asyncio.Task[Any]) -> None:
-        held, self.held = self.held or [], None
+        """An async admission finished: open or refuse, then read again."""
         decision: Admission | Refusal
         if task.cancelled():
             decision = Refusal(503, "server shutting down")
@@ -369,15 +319,16 @@ class NativeWebSocketProtocol(asyncio.Protocol):
             return
         self.reading_held = False
         self._reading()
-        self.dispatch(held)  # also when empty: it picks the parser for what comes next
 
     def opening(self) -> ServerProtocol:
-        """The handshake's protocol (replaced by a frames-only one once open)."""
+        """The handshake's protocol (RuntimeError once the connection is open)."""
         ws = self.ws
-        assert isinstance(ws, ServerProtocol)
+        if ws is None:
+            raise RuntimeError("the opening handshake is over")
         return ws
 
     def decided(self, request: Request, decision: Admission | Refusal) -> None:
+        """Answer the request; on 101, attach the connection and read what followed."""
         if isinstance(decision, Refusal):
             self.refuse(decision)
             return
@@ -385,23 +336,23 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         opening = self.opening()
         response = opening.accept(request)
         opening.send_response(response)
-        self.write_protocol_data()
+        self.write_replies()  # on a refusal, this closes the TCP too
         if response.status_code != 101:
             hub.abandon(decision)
             self.close_sent = True
-            self.transport.close()
             return
+        self.ws = None  # frees the upgrade request too
+        self.frames = FrameSplitter(max_size=hub.max_message_bytes)
         conn = self.conn = NativeConnection(
-            self,
-            hub,
-            self.config,
-            user_id=decision.user_id,
-            info=decision.info,
-            remote=self.remote,
+            self, hub, self.config, user_id=decision.user_id, info=decision.info, remote=self.remote
         )
         hub.attach(conn, decision)
+        early, self.early = self.early, None
+        if early and not self.close_sent:  # sent right behind the request
+            self.data_received(early)
 
     def refuse(self, refusal: Refusal) -> None:
+        """Answer the request with ``refusal``'s status and JSON body, then close."""
         self.hub.gate.refused(refusal, remote=self.remote)
         opening = self.opening()
         response = opening.reject(refusal.status, "")
@@ -412,80 +363,72 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         response.headers["Content-Length"] = str(len(body))
         response.body = body
         opening.send_response(response)
-        self.write_protocol_data()
+        self.write_replies()  # and close the TCP
         self.close_sent = True
-        self.transport.close()
 
     # -- frames -----------------------------------------------------------------------------
 
-    def frame_received(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
-            if frame.fin:
-                self.message_received(frame.data, opcode is Opcode.TEXT)
-            else:
-                self.fragments = [frame.data]
-                self.fragment_text = opcode is Opcode.TEXT
-        elif opcode is Opcode.CONT:
-            self.fragments.append(frame.data)
-            if frame.fin:
-                data, self.fragments = b"".join(self.fragments), []
-                self.message_received(data, self.fragment_text)
-        elif opcode is Opcode.PONG:
-            if self.conn is not None:
-                self.conn.pong(bytes(frame.data))
-        elif opcode is Opcode.CLOSE:
-            self.close_received()
-        elif not self.controls.take(time.monotonic()) and not self.close_sent:
-            # A ping flood: each one costs a pong; a client has no need for more.
-            self.hub.metrics.policy_closes.labels(reason="pings").inc()
-            self.fail(CloseCode.POLICY_VIOLATION, "too many control frames")
-        # PING: the protocol queued the pong; write_protocol_data sends it.
-
-    def message_received(self, data: bytes | bytearray | memoryview, text: bool) -> None:
+    def control(self, event: Event, events: list[Event]) -> None:
+        """Act on an event other than a text message; ``events`` holds the whole read's."""
         conn = self.conn
-        if conn is None or self.close_sent:
+        if self.eof or conn is None:
             return
-        if not text:
-            conn.hub.send_error(
-                conn,
-                ProtocolError(
-                    ErrorCode.INVALID_MESSAGE, "binary frames are not supported; send JSON text"
-                ),
-            )
-            return
-        try:
-            payload = str(data, "utf-8")
-        except UnicodeDecodeError:
-            self.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text frame")
-            return
-        conn.receive(payload)
+        if isinstance(event, Ping):
+            self.replies.append(_frame(Opcode.PONG, event.data))
+            if not self.controls.take(time.monotonic()) and not self.close_sent:
+                # A ping flood: each one costs a pong; a client has no need for more.
+                self.hub.metrics.policy_closes.labels(reason="pings").inc()
+                at = next(i for i, later in enumerate(events) if later is event)
+                self.flood(events[at + 1 :])
+        elif isinstance(event, Pong):
+            conn.pong(event.data)
+        elif isinstance(event, bytes):
+            if not self.close_sent:
+                conn.hub.send_error(conn, ProtocolError(ErrorCode.INVALID_MESSAGE, _BINARY))
+        elif isinstance(event, Close):
+            self.close_received(event)
+        elif isinstance(event, Violation):
+            if self.close_sent:  # our close frame is out: just end the TCP connection
+                self.write_replies(eof=True)
+            else:
+                self.fail(event.code, event.reason)
+
+    def flood(self, rest: list[Event]) -> None:
+        """Fail with 1008 for a ping past the budget, answering the rest of its read first.
+
+        Its pings get pongs; a close frame or violation ending it wins over the 1008.
+        """
+        last = _close_frame(CloseCode.POLICY_VIOLATION, "too many control frames")
+        for event in rest:
+            if isinstance(event, Ping):
+                self.replies.append(_frame(Opcode.PONG, event.data))
+            elif isinstance(event, Close):
+                last = _frame(Opcode.CLOSE, event.data)
+            elif isinstance(event, Violation):
+                last = _close_frame(event.code, event.reason)
+        self.replies.append(last)
+        self.write_replies(eof=True)
+        self.after_close_sent()
 
     # -- closing ----------------------------------------------------------------------------
 
-    def close(self, code: int, reason: str) -> None:
-        """Flush what is pending, send a close frame, and forget the connection."""
+    def close(self, code: int, reason: str, *, eof: bool = False) -> None:
+        """Flush what is pending, send a close frame, forget the connection (eof: and the TCP)."""
         if self.close_sent:
             return
-        conn = self.conn
-        if conn is not None and conn.pending and not self.paused:
-            conn.flush()
-        with contextlib.suppress(InvalidState):
-            self.ws.send_close(code, reason)
-        self.write_protocol_data()
+        self.close_sent = True
+        if self.frames is not None:
+            self.replies.append(_close_frame(code, reason))
+        self.write_replies(eof=eof)
         self.after_close_sent()
 
     def fail(self, code: int, reason: str) -> None:
-        """Close because the client broke the protocol or went silent."""
-        if self.close_sent:
-            return
-        self.ws.fail(code, reason)
-        self.write_protocol_data()
-        self.after_close_sent()
+        """Close because the client broke the protocol or went silent (then close the TCP)."""
+        self.close(code, reason, eof=True)
 
     def after_close_sent(self) -> None:
+        """Forget the connection; abort the TCP if the client never finishes closing."""
         self.close_sent = True
-        self.plain = False
         conn = self.conn
         if conn is not None:
             self.hub.detach(conn)
@@ -496,38 +439,43 @@ class NativeWebSocketProtocol(asyncio.Protocol):
                 CLOSE_TIMEOUT, self.transport.abort
             )
 
-    def close_received(self) -> None:
-        # The protocol queued its echo of the client's close frame (if we had not
-        # sent ours already); once both are exchanged the server closes the TCP.
-        self.write_protocol_data()
-        self.plain = False
-        if not self.close_sent:
-            self.close_sent = True
-            conn = self.conn
-            if conn is not None:
-                self.hub.detach(conn)
-        self.transport.close()
+    def close_received(self, close: Close) -> None:
+        """The client's close frame: echo it (unless ours is out), then close the TCP."""
+        echo = not self.close_sent
+        if echo:
+            self.replies.append(_frame(Opcode.CLOSE, close.data))
+        self.write_replies(eof=True)
+        self.close_sent = True
+        if echo and self.conn is not None:
+            self.hub.detach(self.conn)
 
     def ping(self, payload: bytes) -> None:
         """Send a protocol-level ping."""
-        if self.close_sent:
+        if self.close_sent or self.frames is None:
             return
-        self.ws.send_ping(payload)
-        self.write_protocol_data()
+        self.replies.append(_frame(Opcode.PING, payload))
+        self.write_replies()
 
-    def write_protocol_data(self) -> None:
-        out = self.ws.data_to_send()
-        if not out:
-            return
+    def write_replies(self, *, eof: bool = False) -> None:
+        """Write the handshake's response, or the queued control frames, in one write.
+
+        Once closing, the connection's queued messages go first; ``eof``: then close the TCP.
+        """
+        replies = self.replies
+        if self.ws is not None:
+            out = self.ws.data_to_send()
+            replies += out
+            eof = eof or (bool(out) and out[-1] == b"")  # refused, or not a WebSocket request
         conn = self.conn
-        if conn is not None and conn.pending and self.ws.state is not State.OPEN:
+        if (eof or self.close_sent) and conn is not None and conn.pending:
             conn.flush()  # what was queued before the close frame goes out before it
-        data = b"".join(out)
-        if data and not self.transport.is_closing():
-            self.transport.write(data)
-        if out[-1] == b"":
-            # The protocol failed the connection (keepalive timeout, 1009, 1007...)
-            # or finished the closing handshake: a server closes the TCP now.
+        if replies:
+            self.replies = []
+            data = b"".join(replies)
+            if data and not self.transport.is_closing():
+                self.transport.write(data)
+        if eof:
+            self.eof = True
             self.transport.close()
 
 
