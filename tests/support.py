@@ -271,6 +271,16 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def until(check: Callable[[], object], timeout: float = RECV_TIMEOUT) -> None:
+    """Wait until the plain function ``check`` returns a truthy value (polled every ms)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() >= deadline:
+            raise TimeoutError(f"condition still false after {timeout:.2f}s")
+        await asyncio.sleep(1 * MS)
+
+
 # -- a WebSocket client driven by hand --------------------------------------------------
 
 

@@ -10,7 +10,7 @@ the whole recovery through real servers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -18,7 +18,7 @@ from roomcast.app import Hub
 from roomcast.protocol import Encoded, Message, MessageType
 from tests.core.controlled_broker import ControlledBroker
 from tests.recording import RecordingConnection
-from tests.support import MS
+from tests.support import MS, until
 
 WAIT = 2000 * MS
 
@@ -32,14 +32,6 @@ def broker() -> ControlledBroker:
 async def hub(broker: ControlledBroker) -> AsyncIterator[Hub]:
     async with Hub(broker=broker, send_queue=4) as hub:  # history pages of 2
         yield hub
-
-
-async def eventually(check: Callable[[], object]) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    while not check():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(1 * MS)
 
 
 async def publish(hub: Hub, room: str | None, n: int) -> list[Message]:
@@ -81,7 +73,7 @@ async def test_live_messages_are_held_for_whoever_catches_up_on_their_room(
     held: list[Encoded] = []
     broker.reads.clear()
     catching_up = asyncio.create_task(hub.recovery.catch_up(joiner, "r", before[0].id, held))
-    await eventually(lambda: broker.reads_asked)
+    await until(lambda: broker.reads_asked)
     assert hub.recovery.catching_up("r")
     assert broker.subscribed == ["r"]  # subscribed before the history is read
     await publish(hub, "r", 2)

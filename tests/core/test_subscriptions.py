@@ -8,7 +8,6 @@ so that joins, leaves and disconnects can be made to overlap on purpose.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from roomcast.app import Hub
 from roomcast.core.admission import Admission
@@ -16,17 +15,9 @@ from roomcast.core.endpoint import HandlerConfig
 from roomcast.core.subscriptions import Subscriptions
 from tests.core.controlled_broker import ControlledBroker
 from tests.recording import RecordingConnection
-from tests.support import MS
+from tests.support import MS, until
 
 WAIT = 2000 * MS
-
-
-async def eventually(check: Callable[[], object]) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT
-    while not check():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(1 * MS)
 
 
 async def settle() -> None:
@@ -106,14 +97,14 @@ async def test_the_last_local_member_leaving_unsubscribes() -> None:
     broker = ControlledBroker()
     async with Hub(broker=broker) as hub:
         a, b = connect(hub, "r", "a"), connect(hub, "r", "b")
-        await eventually(lambda: welcomed(a) and welcomed(b))
+        await until(lambda: welcomed(a) and welcomed(b))
         assert broker.subscribed == ["r"]
         a.send_json(type="leave", room="r")
-        await eventually(lambda: "left" in a.events())
+        await until(lambda: "left" in a.events())
         await settle()
         assert broker.unsubscribed == []  # b is still here
         b.close()
-        await eventually(lambda: broker.unsubscribed == ["r"])
+        await until(lambda: broker.unsubscribed == ["r"])
         assert "r" not in hub.subscriptions
 
 
@@ -121,18 +112,18 @@ async def test_a_joiner_catching_up_keeps_the_room_subscribed() -> None:
     broker = ControlledBroker()
     async with Hub(broker=broker) as hub:
         a, b = connect(hub, "r", "a"), connect(hub, "other", "b")
-        await eventually(lambda: welcomed(a) and welcomed(b))
+        await until(lambda: welcomed(a) and welcomed(b))
         broker.reads.clear()  # b's history read waits: b is catching up on "r"
         b.send_json(type="join", room="r", last_id="whatever")
-        await eventually(lambda: hub.recovery.catching_up("r"))
+        await until(lambda: hub.recovery.catching_up("r"))
         a.close()  # the last member of "r" goes while b catches up on it
         await settle()
         assert broker.unsubscribed == []
         broker.reads.set()
-        await eventually(lambda: "joined" in b.events())
+        await until(lambda: "joined" in b.events())
         assert b.rooms == {"other", "r"}
         b.send_json(type="leave", room="r")
-        await eventually(lambda: broker.unsubscribed == ["r"])
+        await until(lambda: broker.unsubscribed == ["r"])
 
 
 async def test_a_connection_gone_while_joining_releases_the_room() -> None:
@@ -140,11 +131,11 @@ async def test_a_connection_gone_while_joining_releases_the_room() -> None:
     async with Hub(broker=broker) as hub:
         broker.subscribes.clear()
         conn = connect(hub, "r", "a")
-        await eventually(lambda: broker.subscribed == ["r"])
+        await until(lambda: broker.subscribed == ["r"])
         assert hub.attaching == 1
         conn.close()
         broker.subscribes.set()
-        await eventually(lambda: broker.unsubscribed == ["r"])
+        await until(lambda: broker.unsubscribed == ["r"])
         assert "r" not in hub.subscriptions
         assert hub.attaching == 0
         assert not welcomed(conn)
