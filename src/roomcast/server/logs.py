@@ -12,7 +12,7 @@ other library's all write through it. Context goes in ``extra``::
     {"ts":"2026-01-15T10:30:00.123Z","level":"info","logger":"roomcast.hub",
      "msg":"connected","conn_id":"c1","room":"general","remote":"10.0.0.7:51234"}
 
-``console`` writes ``10:30:00.123 INFO     roomcast.core.engine connected conn_id=c1 room=general``.
+``console`` writes ``10:30:00.123 INFO     roomcast.hub connected conn_id=c1 room=general``.
 
 Secrets never reach the output: :class:`RedactingFilter`, installed on the
 handler, passes the message, its arguments and every extra through
