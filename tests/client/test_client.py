@@ -792,6 +792,33 @@ async def test_backpressure_keeps_order(server: ServerProcess, clients: list[Cli
         assert texts(await messages(client, 30)) == list(range(30))
 
 
+async def test_close_returns_while_the_inbox_is_full(
+    server: ServerProcess, clients: list[Client]
+) -> None:
+    # Nobody iterates: the reader waits on the full inbox. close() must not wait for it.
+    room = fresh_room("full")
+    client = make(clients, server.ws, [room], max_queue=2)
+    async with asyncio.timeout(3000 * MS):
+        await client.start()
+    for i in range(6):
+        await publish(server, room, {"text": i})
+    await eventually(_reader_blocked(client), timeout=3000 * MS)
+    async with asyncio.timeout(3000 * MS):
+        await client.close()
+    assert client.state is State.CLOSED
+    # What arrived before the close stays readable, in order, then the iterator ends.
+    got = [m for m in [m async for m in client] if m.type is MessageType.CHAT]
+    assert texts(got) == list(range(len(got)))
+    assert len(got) >= 2
+
+
+def _reader_blocked(client: Client) -> Callable[[], Any]:
+    async def check() -> bool:
+        return client._inbox.blocked
+
+    return check
+
+
 # -- tokens ----------------------------------------------------------------------------
 
 

@@ -246,6 +246,7 @@ class Client:
             return
         session.begin_close()
         self._wakeup.set()
+        self._inbox.release()  # a reader waiting for the application must not hold up the close
         if self._link is not None:
             await self._link.close(1000, "client closed")
         task = self._task

@@ -75,7 +75,9 @@ class Inbox:
             self.blocked = True
             self._space.clear()
             try:
-                while self._queue.qsize() >= bound and not self._ended:
+                while not self._ended and self.max_queue is not None:
+                    if self._queue.qsize() < self.max_queue:
+                        break
                     await self._space.wait()
                     self._space.clear()
             finally:
@@ -90,6 +92,16 @@ class Inbox:
         if message is None:
             self._queue.put_nowait(None)  # for other readers
         return message
+
+    def release(self) -> None:
+        """Stop bounding the inbox: a waiting :meth:`put` goes through.
+
+        Call it when the client closes for good, so that a reader waiting for the
+        application to read (which may never happen) can finish; what it holds
+        is kept, in order, for the iterator.
+        """
+        self.max_queue = None
+        self._space.set()
 
     def end(self) -> None:
         """No message comes after those already in; a waiting :meth:`put` goes through."""
