@@ -42,7 +42,7 @@ from roomcast.client import (
     jwt_expiry,
     status_action,
 )
-from tests.support import MS, ServerProcess, api, eventually, fresh_room
+from tests.support import MS, ServerProcess, api, eventually, fresh_room, until
 
 SECRET = "roomcast-client-tests-secret-0123456789abcdef"
 
@@ -802,7 +802,7 @@ async def test_close_returns_while_the_inbox_is_full(
         await client.start()
     for i in range(6):
         await publish(server, room, {"text": i})
-    await eventually(_reader_blocked(client), timeout=3000 * MS)
+    await until(lambda: client._inbox.blocked, timeout=3000 * MS)
     async with asyncio.timeout(3000 * MS):
         await client.close()
     assert client.state is State.CLOSED
@@ -810,13 +810,6 @@ async def test_close_returns_while_the_inbox_is_full(
     got = [m for m in [m async for m in client] if m.type is MessageType.CHAT]
     assert texts(got) == list(range(len(got)))
     assert len(got) >= 2
-
-
-def _reader_blocked(client: Client) -> Callable[[], Any]:
-    async def check() -> bool:
-        return client._inbox.blocked
-
-    return check
 
 
 # -- tokens ----------------------------------------------------------------------------
