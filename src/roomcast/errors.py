@@ -9,6 +9,7 @@ Every exception roomcast raises derives from :class:`RoomcastError`::
     ├── BrokerError          the broker could not do what was asked
     │   └── BrokerUnavailable  the broker is unreachable right now
     ├── HubClosed            the hub is not running
+    ├── Refused              a hook (or proxy) refused a join or a publish
     └── ClientError          raised by the Python client (roomcast.client)
         ├── InvalidArgument   a bad URL, room name or presence status (also a ValueError)
         ├── NotConnected      send() or ping() while the connection is down
@@ -26,6 +27,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "RECONNECT_CODES_BELOW",
     "AuthError",
     "BrokerError",
     "BrokerUnavailable",
@@ -38,6 +40,7 @@ __all__ = [
     "InvalidArgument",
     "NotConnected",
     "ProtocolError",
+    "Refused",
     "ReplyError",
     "RoomcastError",
     "TokenUnavailable",
@@ -61,6 +64,13 @@ class ErrorCode(enum.StrEnum):
     """The room name breaks the naming rules (1-128 of ``A-Za-z0-9_-.:@``)."""
     RATE_LIMITED = "rate_limited"
     """The connection sends faster than its rate limit; the message was dropped."""
+    FORBIDDEN_PUBLISH = "forbidden_publish"
+    """The server refused the message: the room's namespace is server-only, or the
+    ``on_publish`` hook (or the publish proxy) said no. It was not published."""
+    UNAVAILABLE = "unavailable"
+    """Something the server needed did not answer (the broker, a proxy backend):
+    nothing was done (or, for a publish, it was not stored). Retry later with the
+    same ``ref``."""
 
 
 class CloseCode(enum.IntEnum):
@@ -88,6 +98,21 @@ class CloseCode(enum.IntEnum):
     """The connection's token expired and was not refreshed. Reconnect with a new token."""
     SLOW_CONSUMER = 4008
     """The client read too slowly and its send queue filled. Reconnect and recover."""
+    DISCONNECT = 4100
+    """Disconnected by the server (control API), e.g. to move it. Reconnect with backoff.
+
+    A control-API disconnect may use any code from 4000 to 4999: codes below 4500
+    mean *reconnect*, codes from 4500 mean *do not reconnect*."""
+    DISCONNECT_FINAL = 4500
+    """Disconnected by the server for good (control API: banned, logged out). Do not reconnect."""
+    ROOM_REFUSED = 4503
+    """The room in the connect URL was refused after the upgrade (``on_join`` hook or
+    join proxy); the close reason says why. Do not reconnect to that room."""
+
+
+RECONNECT_CODES_BELOW: int = 4500
+"""Server close codes from 4000 up to (not including) this one ask the client to
+reconnect; from this one to 4999 they ask it not to."""
 
 
 class RoomcastError(Exception):
@@ -150,6 +175,29 @@ class BrokerUnavailable(BrokerError):
 
 class HubClosed(RoomcastError):
     """The hub is not running (not started yet, or already closed)."""
+
+
+class Refused(RoomcastError):
+    """Raised by an ``on_join`` or ``on_publish`` hook (or a proxy) to refuse, with a reason.
+
+    A hook may also refuse by returning False or a reason string; raising lets
+    it pick the code, e.g. :attr:`ErrorCode.UNAVAILABLE` when the backend that
+    decides did not answer.
+
+    Attributes:
+        reason: shown to the client (the ``error`` text, or the close reason of a
+            refused connect-time room), so it must not leak secrets.
+        code: the error code; None for the default of what was refused
+            (``forbidden_room`` for a join, ``forbidden_publish`` for a publish).
+    """
+
+    def __init__(self, reason: str, *, code: ErrorCode | None = None) -> None:
+        super().__init__(reason, code)
+        self.reason = reason
+        self.code = code
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 # -- the Python client (roomcast.client re-exports these) -------------------------------

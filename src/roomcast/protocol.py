@@ -139,6 +139,11 @@ class Message:
     """Wall-clock seconds when the server stamped the message (not sent on the wire)."""
     ref: str | None = field(default=None, compare=False)
     """The client's ``ref`` for the message it sent (not broadcast), for hooks' errors."""
+    degraded: str | None = field(default=None, compare=False, repr=False)
+    """Set when the broker could not store it: ``"local"`` (delivered on this pod
+    only, not stored) or ``"unknown"`` (not delivered here; Redis may have stored
+    it). A client's ack then says ``"stored": false``, or ``unavailable``. Not sent
+    on the wire."""
 
     @property
     def retained(self) -> bool:

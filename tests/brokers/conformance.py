@@ -31,7 +31,14 @@ from typing import Any, Protocol
 import orjson
 import pytest
 
-from roomcast.brokers.base import Broker, HistoryPage, PresenceMember, PresenceStore, RoomStats
+from roomcast.brokers.base import (
+    Broker,
+    HistoryPage,
+    PresenceChange,
+    PresenceMember,
+    PresenceStore,
+    RoomStats,
+)
 from roomcast.protocol import Encoded, Message, MessageFactory, MessageType, PresenceStatus, encode
 from tests.support import MS
 
@@ -55,6 +62,7 @@ class Recorder:
         self.repairs: list[tuple[str, int, int]] = []
         self.duplicates = 0
         self.expired: list[tuple[str, str]] = []
+        self.vacated: list[tuple[str, bool]] = []
         self.evicted: list[tuple[str, int]] = []
 
     def handle_publication(self, encoded: Encoded) -> None:
@@ -84,7 +92,8 @@ class Recorder:
     def handle_duplicates(self, count: int) -> None:
         self.duplicates += count
 
-    def handle_presence_expired(self, room: str, user_id: str) -> None:
+    def handle_presence_expired(self, room: str, user_id: str, *, vacated: bool = False) -> None:
+        self.vacated.append((room, vacated))
         self.expired.append((room, user_id))
 
     async def wait_for(self, count: int) -> list[Encoded]:
@@ -481,23 +490,26 @@ class BrokerConformance:
 
     async def test_presence_add_reports_first_connection(self, broker: Broker, room: str) -> None:
         presence = broker.presence
-        assert await presence.add(room, user_id="alice", conn_id="c1") is True
-        assert await presence.add(room, user_id="alice", conn_id="c2") is False
-        assert await presence.add(room, user_id="bob", conn_id="c3") is True
+        assert await presence.add(room, user_id="alice", conn_id="c1") is PresenceChange.ROOM
+        assert await presence.add(room, user_id="alice", conn_id="c2") is PresenceChange.NONE
+        assert await presence.add(room, user_id="bob", conn_id="c3") is PresenceChange.USER
         other = self.new_room()
-        assert await presence.add(other, user_id="alice", conn_id="c1") is True
+        assert await presence.add(other, user_id="alice", conn_id="c1") is PresenceChange.ROOM
 
     async def test_presence_remove_reports_last_connection(self, broker: Broker, room: str) -> None:
         presence = broker.presence
         await presence.add(room, user_id="alice", conn_id="c1")
         await presence.add(room, user_id="alice", conn_id="c2")
-        assert await presence.remove(room, user_id="alice", conn_id="c1") is False
-        assert await presence.remove(room, user_id="alice", conn_id="c1") is False
-        assert await presence.remove(room, user_id="alice", conn_id="c2") is True
-        assert await presence.remove(room, user_id="alice", conn_id="c2") is False
-        assert await presence.remove(room, user_id="nobody", conn_id="c9") is False
+        await presence.add(room, user_id="bob", conn_id="c3")
+        none, user, last = PresenceChange.NONE, PresenceChange.USER, PresenceChange.ROOM
+        assert await presence.remove(room, user_id="alice", conn_id="c1") is none
+        assert await presence.remove(room, user_id="alice", conn_id="c1") is none
+        assert await presence.remove(room, user_id="alice", conn_id="c2") is user
+        assert await presence.remove(room, user_id="alice", conn_id="c2") is none
+        assert await presence.remove(room, user_id="nobody", conn_id="c9") is none
+        assert await presence.remove(room, user_id="bob", conn_id="c3") is last
         assert await presence.members(room) == []
-        assert await presence.add(room, user_id="alice", conn_id="c4") is True
+        assert await presence.add(room, user_id="alice", conn_id="c4") is PresenceChange.ROOM
 
     async def test_presence_set_status(self, broker: Broker, room: str) -> None:
         presence = broker.presence

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from roomcast.app import Hub
-from roomcast.brokers.base import Broker, PresenceMember
+from roomcast.brokers.base import Broker, PresenceChange, PresenceMember
 from roomcast.brokers.redis import RedisBroker
 from roomcast.protocol import Message, MessageFactory, MessageType, PresenceStatus
 from tests.brokers.conformance import AdvanceTime, BrokerConformance, MakeBroker, Recorder
@@ -408,7 +408,7 @@ async def test_presence_of_a_vanished_pod_expires_once(redis_url: str) -> None:
         await c.presence.add(room, user_id="carol", conn_id="c1")
         async with started(redis_url, prefix=prefix, presence_ttl=1.0) as b:
             assert await b.presence.add(room, user_id="bob", conn_id="b1")
-            assert await b.presence.add(room, user_id="alice", conn_id="b2") is False
+            assert await b.presence.add(room, user_id="alice", conn_id="b2") is PresenceChange.NONE
         # b stopped refreshing without removing anything, as a killed pod would.
 
         async def reaped() -> bool:
@@ -417,12 +417,32 @@ async def test_presence_of_a_vanished_pod_expires_once(redis_url: str) -> None:
         await eventually(reaped, 3000 * MS)
         await asyncio.sleep(1500 * MS)  # a second reaper, if any, would have spoken by now
         assert survivors[0].expired + survivors[1].expired == [(room, "bob")]
+        # alice and carol are still there: the room is not vacated.
+        assert survivors[0].vacated + survivors[1].vacated == [(room, False)]
         # alice still has a connection on a live pod: she stays, with one connection.
         assert await a.presence.members(room) == [
             PresenceMember("alice", PresenceStatus.ONLINE, 1),
             PresenceMember("carol", PresenceStatus.ONLINE, 1),
         ]
         assert await c.presence.members(room) == await a.presence.members(room)
+
+
+async def test_a_vanished_pod_that_held_the_last_user_vacates_the_room(redis_url: str) -> None:
+    room = new_room()
+    prefix = unique_prefix()
+    survivor = Recorder()
+    async with started(redis_url, survivor, prefix=prefix, presence_ttl=1.0):
+        async with started(redis_url, prefix=prefix, presence_ttl=1.0) as b:
+            assert await b.presence.add(room, user_id="bob", conn_id="b1") is PresenceChange.ROOM
+            assert await b.presence.add(room, user_id="dan", conn_id="b2") is PresenceChange.USER
+
+        async def reaped() -> bool:
+            return len(survivor.expired) == 2
+
+        await eventually(reaped, 3000 * MS)
+        assert sorted(survivor.expired) == [(room, "bob"), (room, "dan")]
+        # One reap took both: only the last of them is told the room is empty.
+        assert survivor.vacated == [(room, False), (room, True)]
 
 
 async def test_close_returns_while_a_publish_is_in_flight(redis_url: str) -> None:

@@ -226,6 +226,15 @@ async def test_publish_while_redis_is_down_comes_back_to_the_sender(
     assert got["from"] == alice.user_id
     assert got["room"] == room
     assert "offset" not in got
+    # The ack says it was delivered but not stored.
+    ack = await alice.wait_for(lambda m: m["data"].get("event") == "published", 1000 * MS)
+    assert ack["data"] == {
+        "event": "published",
+        "ref": "q1",
+        "room": room,
+        "id": got["id"],
+        "stored": False,
+    }
 
     response = await api(
         pod.http, "POST", "/api/publish", json={"room": room, "type": "notification", "data": {}}

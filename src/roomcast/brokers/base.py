@@ -18,18 +18,64 @@ encoded; a failure to publish is reported to
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import enum
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from roomcast.protocol import Encoded, Message, PresenceStatus
 
+Retention = Callable[[str], "tuple[int | None, float | None] | None"]
+"""``retention(room)``: the room's ``(history_size, history_ttl)``, either None for the
+broker's own setting, or None for both (see :meth:`Broker.set_retention`)."""
+
+
+class PublishResult(Protocol):
+    """What :meth:`Broker.publish` returns: awaitable, and future-like without a task.
+
+    :class:`asyncio.Future` is one; the memory broker returns a cheaper one that
+    is already done.
+    """
+
+    def __await__(self) -> Generator[Any, None, Message]:
+        """Wait for the message as stored."""
+        ...
+
+    def add_done_callback(self, fn: Callable[[Any], object], /) -> None:
+        """Call ``fn(self)`` once done (at once if done already)."""
+        ...
+
+    def result(self) -> Message:
+        """The message as stored (only once done; it never fails, see :meth:`Broker.publish`)."""
+        ...
+
+    def cancelled(self) -> bool:
+        """Whether it was cancelled (the broker closed first)."""
+        ...
+
+
+class PresenceChange(enum.IntEnum):
+    """What a presence ``add`` or ``remove`` changed (true when the user's state did).
+
+    ``USER``: the user came online in the room (its first connection there) or
+    went offline (its last). ``ROOM``: that, and the user was the room's first
+    user (the room became occupied) or its last (vacated).
+    """
+
+    NONE = 0
+    USER = 1
+    ROOM = 3
+
+
 __all__ = [
     "Broker",
     "BrokerHandler",
     "HistoryPage",
+    "PresenceChange",
     "PresenceMember",
     "PresenceStore",
+    "PublishResult",
+    "Retention",
     "RoomStats",
     "page_of",
 ]
@@ -75,8 +121,9 @@ class BrokerHandler(Protocol):
     def handle_duplicates(self, count: int) -> None:
         """The broker dropped ``count`` copies of publications already handed over."""
 
-    def handle_presence_expired(self, room: str, user_id: str) -> None:
-        """``user_id`` went offline in ``room`` because its pod stopped refreshing it."""
+    def handle_presence_expired(self, room: str, user_id: str, *, vacated: bool = False) -> None:
+        """``user_id`` went offline in ``room`` because its pod stopped refreshing it
+        (``vacated``: and the room has no user left)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,21 +212,25 @@ class RoomStats:
 class PresenceStore(Protocol):
     """Who is in which room, aggregated per user over connections (and pods)."""
 
-    async def add(self, room: str, *, user_id: str, conn_id: str, info: Any = None) -> bool:
+    async def add(
+        self, room: str, *, user_id: str, conn_id: str, info: Any = None
+    ) -> PresenceChange:
         """Record ``conn_id`` of ``user_id`` in ``room``.
 
         Returns:
-            True if this is the user's first connection in the room (the user
-            just came online there), else False.
+            ``USER`` (true) if this is the user's first connection in the room
+            (the user just came online there), ``ROOM`` if the user is also the
+            room's first, else ``NONE`` (false).
         """
         ...
 
-    async def remove(self, room: str, *, user_id: str, conn_id: str) -> bool:
+    async def remove(self, room: str, *, user_id: str, conn_id: str) -> PresenceChange:
         """Forget ``conn_id`` of ``user_id`` in ``room``.
 
         Returns:
-            True if it was the user's last connection in the room (the user just
-            went offline there), else False.
+            ``USER`` (true) if it was the user's last connection in the room
+            (the user just went offline there), ``ROOM`` if the room is now
+            empty too, else ``NONE`` (false).
         """
         ...
 
@@ -216,7 +267,7 @@ class Broker(Protocol):
         """Whether the broker is reachable right now (drives ``/readyz``)."""
         ...
 
-    def publish(self, message: Message) -> Awaitable[Message]:
+    def publish(self, message: Message) -> PublishResult:
         """Publish a stamped message to its room (or to everyone when ``room`` is None).
 
         Retained messages (:attr:`Message.retained`) are appended to the room's
@@ -228,11 +279,23 @@ class Broker(Protocol):
             ProtocolError: ``invalid_message`` if the message cannot be encoded;
                 nothing is stored, no offset is taken, nothing is delivered.
 
+        A retained message with a ``ref`` (a client's) whose sender already
+        published one with that ``ref`` to the room, still retained, is not
+        stored or delivered again: the result carries the first one's ``id``
+        and ``offset`` (a client's safe retry).
+
         Returns:
             An awaitable (the caller need not await it) that gives the message as
             stored (``offset`` set when retained), or, if publishing failed, the
             message unchanged after :meth:`BrokerHandler.handle_publish_error` was
             called.
+        """
+        ...
+
+    def set_retention(self, retention: Retention | None) -> None:
+        """Let ``retention(room)`` override the history size and TTL per room (namespaces).
+
+        Call before :meth:`start`.
         """
         ...
 

@@ -18,15 +18,17 @@ import math
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable, Generator
 from operator import itemgetter
 from typing import Any
 
 from roomcast.brokers.base import (
     BrokerHandler,
     HistoryPage,
+    PresenceChange,
     PresenceMember,
     PresenceStore,
+    Retention,
     RoomStats,
     page_of,
 )
@@ -48,14 +50,19 @@ class _Stream:
     history, to a fifth of a second at 1,000 rooms).
     """
 
-    __slots__ = ("bytes", "entries", "epoch", "offset", "touched")
+    __slots__ = ("acks", "bytes", "entries", "epoch", "offset", "size", "touched", "ttl")
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, size: int, ttl: float) -> None:
         self.epoch = secrets.token_hex(4)
         self.offset = 0
         self.entries: deque[tuple[str, bytes]] = deque()
         self.bytes = 0
         self.touched = now
+        self.size = size
+        self.ttl = ttl
+        # "<sender>\0<ref>" -> (id, offset) of the last ``size`` client messages
+        # that carried a ref: a retry of one is answered, not published again.
+        self.acks: dict[str, tuple[str, int]] = {}
 
     @property
     def first(self) -> int:
@@ -78,6 +85,18 @@ class _Published:
     def __await__(self) -> Generator[Any, None, Message]:
         return self.message
         yield  # a generator that never suspends
+
+    def add_done_callback(self, fn: Callable[[Any], object], /) -> None:
+        """Call ``fn(self)`` at once: it is done."""
+        fn(self)
+
+    def result(self) -> Message:
+        """The message as stored."""
+        return self.message
+
+    def cancelled(self) -> bool:
+        """Never: it is done."""
+        return False
 
 
 class MemoryBroker:
@@ -120,6 +139,7 @@ class MemoryBroker:
         """Bytes of messages retained over all rooms."""
         self._handler: BrokerHandler | None = None
         self._loops = Supervisor()
+        self._retention: Retention | None = None
 
     @property
     def ready(self) -> bool:
@@ -130,8 +150,31 @@ class MemoryBroker:
         """Start delivering publications to ``handler``."""
         self._handler = handler
         self._loops.on_failure = handler.handle_loop_failure
-        if self._history_size and self._history_ttl:
+        if (self._history_size and self._history_ttl) or self._retention is not None:
             self._loops.start("history-sweeper", self._sweep)
+
+    def set_retention(self, retention: Retention | None) -> None:
+        """Let ``retention(room)`` override ``history_size`` / ``history_ttl`` per room.
+
+        It returns ``(size, ttl)``, either None for the broker's own, or None for
+        both (namespaces, see :mod:`roomcast.core.namespaces`). Call before
+        :meth:`start`; it applies to histories opened from then on.
+        """
+        self._retention = retention
+
+    def _limits(self, room: str) -> tuple[int, float]:
+        # (history size, ttl) for ``room``; size 0 when it keeps no history.
+        size, ttl = self._history_size, self._history_ttl
+        retention = self._retention
+        if retention is not None:
+            override = retention(room)
+            if override is not None:
+                if override[0] is not None:
+                    size = override[0]
+                if override[1] is not None:
+                    ttl = override[1]
+                size = size if ttl > 0 else 0
+        return size, ttl
 
     async def close(self) -> None:
         """Stop delivering and drop every history."""
@@ -141,7 +184,7 @@ class MemoryBroker:
         self._order.clear()
         self._entries = self.retained_bytes = 0
 
-    def publish(self, message: Message) -> Awaitable[Message]:
+    def publish(self, message: Message) -> _Published:
         """Append ``message`` to its room's history if retained, then hand it back.
 
         Both happen within the call; the returned awaitable is already done.
@@ -154,8 +197,19 @@ class MemoryBroker:
         if handler is None:
             raise HubClosed("the broker is not started")
         room = message.room
-        if room is not None and self._history_size and message.type in RETAINED_TYPES:
+        if (
+            room is not None
+            and message.type in RETAINED_TYPES
+            and (self._history_size if self._retention is None else self._limits(room)[0])
+        ):
             stream = self._open(room, now := self._clock())
+            ref = message.ref
+            if ref is not None:
+                key = f"{message.from_}\0{ref}"
+                stored = stream.acks.get(key)
+                if stored is not None:  # a retry: answered with the first one
+                    message.id, message.offset = stored
+                    return _Published(message)
             message.offset = stream.offset + 1
             try:
                 encoded = Encoded.of(message)
@@ -164,6 +218,11 @@ class MemoryBroker:
                 raise
             stream.touched = now
             stream.offset += 1
+            if ref is not None:
+                acks = stream.acks
+                acks[key] = (message.id, stream.offset)
+                if len(acks) > stream.size:
+                    del acks[next(iter(acks))]
             self._retain(room, stream, message.id, encoded.frame)
         else:
             encoded = Encoded.of(message)
@@ -179,7 +238,7 @@ class MemoryBroker:
         self._entries += 1
         self._order.append((room, stream.epoch, stream.offset))
         evicted = 0
-        while len(entries) > self._history_size:
+        while len(entries) > stream.size:
             self._evict_oldest(stream)
         while stream.bytes > self._room_bytes and len(entries) > 1:
             self._evict_oldest(stream)
@@ -235,7 +294,8 @@ class MemoryBroker:
         self, room: str, *, since: str | None = None, limit: int | None = None
     ) -> HistoryPage:
         """Return retained messages of ``room``, oldest first (see :class:`Broker`)."""
-        stream = self._open(room, self._clock()) if self._history_size else None
+        keeps = self._history_size if self._retention is None else self._limits(room)[0]
+        stream = self._open(room, self._clock()) if keeps else None
         if stream is None:
             return HistoryPage(room=room, epoch="", offset=0, messages=[], recovered=False)
         selected, recovered = page_of(
@@ -255,15 +315,16 @@ class MemoryBroker:
         if stream is None or self._expired(stream, now):
             if stream is not None:
                 self._drop(room)
-            stream = self._streams[room] = _Stream(now)
+            size, ttl = self._limits(room)
+            stream = self._streams[room] = _Stream(now, size, ttl)
         return stream
 
     def _expired(self, stream: _Stream, now: float) -> bool:
-        return now - stream.touched > self._history_ttl
+        return now - stream.touched > stream.ttl
 
     async def _sweep(self) -> None:
         # Drop expired histories so idle rooms do not hold memory forever.
-        interval = max(1.0, self._history_ttl / 2)
+        interval = max(1.0, self._history_ttl / 2) if self._retention is None else 1.0
         while True:
             await asyncio.sleep(interval)
             now = self._clock()
@@ -286,31 +347,35 @@ class MemoryPresence:
     def __init__(self) -> None:
         self._rooms: dict[str, dict[str, _Presence]] = {}
 
-    async def add(self, room: str, *, user_id: str, conn_id: str, info: Any = None) -> bool:
-        """Record a connection; True if the user just came online in ``room``."""
+    async def add(
+        self, room: str, *, user_id: str, conn_id: str, info: Any = None
+    ) -> PresenceChange:
+        """Record a connection; true if the user just came online in ``room``."""
         users = self._rooms.setdefault(room, {})
         entry = users.get(user_id)
-        first = entry is None
+        change = PresenceChange.NONE
         if entry is None:
+            change = PresenceChange.ROOM if not users else PresenceChange.USER
             entry = users[user_id] = _Presence(info)
         elif info is not None:
             entry.info = info
         entry.connections.add(conn_id)
-        return first
+        return change
 
-    async def remove(self, room: str, *, user_id: str, conn_id: str) -> bool:
-        """Forget a connection; True if it was the user's last one in ``room``."""
+    async def remove(self, room: str, *, user_id: str, conn_id: str) -> PresenceChange:
+        """Forget a connection; true if it was the user's last one in ``room``."""
         users = self._rooms.get(room)
         entry = users.get(user_id) if users is not None else None
         if users is None or entry is None or conn_id not in entry.connections:
-            return False
+            return PresenceChange.NONE
         entry.connections.discard(conn_id)
         if entry.connections:
-            return False
+            return PresenceChange.NONE
         del users[user_id]
         if not users:
             del self._rooms[room]
-        return True
+            return PresenceChange.ROOM
+        return PresenceChange.USER
 
     async def set_status(self, room: str, *, user_id: str, status: PresenceStatus) -> bool:
         """Set the user's status in ``room``; True if it changed."""

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from roomcast.errors import AuthError, ConfigError
-from roomcast.protocol import MAX_ROOM_LENGTH
+from roomcast.protocol import MAX_ROOM_LENGTH, is_valid_room
 
 __all__ = [
     "AuthError",
@@ -53,6 +53,8 @@ __all__ = [
     "Identity",
     "JwtAuthenticator",
     "JwtSettings",
+    "pattern_specificity",
+    "room_matcher",
 ]
 
 MAX_TOKEN_LENGTH: Final = 8192
@@ -161,6 +163,10 @@ class Identity:
             ``[!a]`` do not). Any other character is a room-name character that
             matches itself.
         info: a JSON object attached to the user's presence, or None.
+        channels: rooms the connection is subscribed to at connect, server-side
+            (the token's ``channels`` claim), each joined after the welcome with
+            a ``joined`` event; valid room names, at most 100. They need not
+            match ``rooms`` (the server chose them).
         expires_at: when the credentials expire (Unix time, seconds); the
             connection is closed with 4001 then unless refreshed. None: never.
 
@@ -173,6 +179,7 @@ class Identity:
     user_id: str
     rooms: Sequence[str] | None = None
     info: dict[str, Any] | None = None
+    channels: Sequence[str] = ()
     expires_at: float | None = None
     _allowed: _RoomMatcher | None = field(init=False, repr=False, compare=False, default=None)
 
@@ -184,6 +191,7 @@ class Identity:
             raise ValueError("info must be a JSON object (a dict) or None")
         if self.expires_at is not None and not isinstance(self.expires_at, int | float):
             raise ValueError("expires_at must be a number (Unix time) or None")
+        object.__setattr__(self, "channels", _channels(self.channels))
         rooms = self.rooms
         if rooms is None:
             return
@@ -215,6 +223,47 @@ _SPAN: Final = max(map(ord, _ROOM_CHARS)) - _LOWEST + 1
 
 # One element of a pattern: whether it repeats (a star), and the characters it consumes.
 _Element = tuple[bool, frozenset[str]]
+
+
+MAX_CHANNELS = 100
+"""Rooms one identity may be subscribed to at connect (``channels``)."""
+
+
+def _channels(channels: object) -> tuple[str, ...]:
+    """``channels`` checked: a list of valid, distinct room names (ValueError if not)."""
+    if isinstance(channels, str | bytes) or not isinstance(channels, Sequence | set | frozenset):
+        raise ValueError("channels must be a list of room names")
+    out = tuple(dict.fromkeys(channels))
+    if len(out) > MAX_CHANNELS:
+        raise ValueError(f"channels may name at most {MAX_CHANNELS} rooms")
+    for room in out:
+        if not isinstance(room, str) or not is_valid_room(room):
+            raise ValueError(f"channels must be room names; {room!r} is not")
+    return out
+
+
+def room_matcher(patterns: Sequence[str]) -> Callable[[str], bool]:
+    """A function telling whether a room matches one of ``patterns`` (:class:`Identity`'s syntax).
+
+    Raises:
+        ValueError: a pattern is malformed.
+    """
+    return _RoomMatcher(tuple(patterns)).match
+
+
+def pattern_specificity(pattern: str) -> tuple[int, int, int]:
+    """How specific a room pattern is, for picking the most specific of several that match.
+
+    More literal characters rank higher; then fewer ``**``; then fewer ``*``.
+
+    Raises:
+        ValueError: the pattern is malformed.
+    """
+    elements = _parse_room_pattern(pattern)
+    literals = sum(1 for star, chars in elements if not star and len(chars) == 1)
+    deep = sum(1 for star, chars in elements if star and chars is _ROOM_CHARS)
+    stars = sum(1 for star, _ in elements if star)
+    return literals, -deep, -(stars - deep)
 
 
 def _parse_room_pattern(pattern: object) -> list[_Element]:
@@ -399,7 +448,8 @@ class JwtAuthenticator:
     of clock skew. A token past its ``exp`` is
     refused: the connection would be closed at ``exp`` anyway.
 
-    Claims: ``sub`` (required) is the user id; ``rooms`` (optional) a list of
+    Claims: ``sub`` (required) is the user id; ``channels`` (optional) rooms
+    subscribed at connect (see :class:`Identity`); ``rooms`` (optional) a list of
     room glob patterns; ``info`` (optional) a JSON object attached to presence.
 
     Args:
@@ -533,11 +583,17 @@ def _identity(claims: Mapping[str, Any]) -> Identity:
     info = claims.get("info")
     if info is not None and not isinstance(info, dict):
         raise AuthError(401, "token info claim must be a JSON object")
+    channels = claims.get("channels", [])
+    try:
+        channels = _channels(channels)
+    except ValueError as exc:
+        raise AuthError(401, f"token channels claim: {exc}") from None
     exp = claims.get("exp")
     return Identity(
         user_id=sub,
         rooms=rooms,
         info=info,
+        channels=channels,
         expires_at=float(exp) if exp is not None else None,
     )
 

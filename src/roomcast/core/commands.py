@@ -21,17 +21,20 @@ connection's inbox full.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from roomcast.core.hooks import failure, refusal
 from roomcast.core.subscriptions import forbidden
 from roomcast.errors import CloseCode, ErrorCode, ProtocolError
 from roomcast.protocol import ClientMessage, Message, MessageType, PresenceStatus, parse
 
 if TYPE_CHECKING:
-    from roomcast.core.connection import Connection
+    from roomcast.brokers.base import PublishResult
+    from roomcast.core.connection import Connection, Verdict
     from roomcast.core.engine import Engine
     from roomcast.core.presence import Announce
     from roomcast.core.refresh import TokenRefresh
@@ -62,6 +65,7 @@ class Commands:
         "_membership",
         "_messages",
         "_metrics",
+        "_namespaces",
         "_presence_events",
         "_rate",
         "_rate_bytes",
@@ -83,6 +87,7 @@ class Commands:
         self._messages = hub.messages
         self._statuses = hub.statuses
         self._presence_events = hub.presence_events
+        self._namespaces = hub.namespaces if hub.namespaces else None
         self._rate = hub.rate
         self._rate_bytes = hub.rate_bytes
         self._membership = membership
@@ -196,11 +201,55 @@ class Commands:
         return room
 
     def _chat(self, conn: Connection, msg: ClientMessage) -> Awaitable[None] | None:
+        # The room's namespace, then on_publish (authorizes), then on_message
+        # (transforms or drops), then the broker; a ref gets the ack.
         room = self._target(conn, msg)
+        namespaces = self._namespaces
+        if namespaces is not None and not namespaces(room).client_publish:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN_PUBLISH,
+                f"room {room!r} takes messages from the server only",
+                ref=msg.ref,
+            )
         message = self._messages.make(
             MessageType.CHAT, room=room, data=msg.data, sender=conn.user_id
         )
         message.ref = msg.ref
+        check = conn.config.on_publish
+        if check is None:
+            return self._filter(conn, message)
+        try:
+            verdict = check(conn, message)
+        except Exception as exc:
+            self._hub.send_error(conn, failure(exc, **_publish_refusal(message)))
+            return None
+        if inspect.isawaitable(verdict):
+            return self._authorize(conn, message, verdict)
+        refused = refusal(verdict, **_publish_refusal(message))
+        if refused is not None:
+            self._hub.send_error(conn, refused)
+            return None
+        return self._filter(conn, message)
+
+    async def _authorize(
+        self, conn: Connection, message: Message, pending: Awaitable[Verdict]
+    ) -> None:
+        try:
+            verdict = await pending
+        except Exception as exc:
+            refused: ProtocolError | None = failure(exc, **_publish_refusal(message))
+        else:
+            refused = refusal(verdict, **_publish_refusal(message))
+        if conn.closed:
+            return
+        if refused is not None:
+            self._hub.send_error(conn, refused)
+            return
+        rest = self._filter(conn, message)
+        if rest is not None:
+            await rest
+
+    def _filter(self, conn: Connection, message: Message) -> Awaitable[None] | None:
         hook = conn.config.on_message
         if hook is None:
             self._publish_from(conn, message)
@@ -209,29 +258,76 @@ class Commands:
             result = hook(conn, message)
         except Exception:
             _log.exception("on_message hook failed; message dropped", extra={"conn_id": conn.id})
+            self._dropped(conn, message)
             return None
         if inspect.isawaitable(result):
-            return self._chat_async(conn, result)
-        if result is not None:
-            self._publish_from(conn, result)
+            return self._filter_async(conn, message, result)
+        if result is None:
+            self._dropped(conn, message)
+            return None
+        self._publish_from(conn, result)
         return None
 
-    async def _chat_async(self, conn: Connection, pending: Awaitable[Message | None]) -> None:
+    async def _filter_async(
+        self, conn: Connection, message: Message, pending: Awaitable[Message | None]
+    ) -> None:
         try:
             result = await pending
         except Exception:
             _log.exception("on_message hook failed; message dropped", extra={"conn_id": conn.id})
+            result = None
+        if conn.closed:
             return
-        if result is not None and not conn.closed:
-            self._publish_from(conn, result)
+        if result is None:
+            self._dropped(conn, message)
+            return
+        self._publish_from(conn, result)
+
+    def _dropped(self, conn: Connection, message: Message) -> None:
+        # A message the server dropped: a client waiting for its ack is told,
+        # unless the hook told it already.
+        if message.ref is not None and conn.answered != message.ref:
+            self._hub.send_error(
+                conn,
+                ProtocolError(
+                    ErrorCode.FORBIDDEN_PUBLISH, "message dropped by the server", ref=message.ref
+                ),
+            )
 
     def _publish_from(self, conn: Connection, message: Message) -> None:
         # A message that cannot be encoded (a hook's result, say) gets its sender
-        # an invalid_message error; nothing is stored or delivered.
+        # an invalid_message error; nothing is stored or delivered. One with a
+        # ref gets the ack once the broker has stored it (a callback, no task).
         try:
-            self._broker.publish(message)
+            pending = self._broker.publish(message)
         except ProtocolError as exc:
             self._hub.send_error(conn, exc)
+            return
+        if message.ref is not None:
+            pending.add_done_callback(functools.partial(self._acknowledge, conn, message.ref))
+
+    def _acknowledge(self, conn: Connection, ref: str, pending: PublishResult) -> None:
+        # The broker's answer for a message that carried ``ref``.
+        if conn.closed:
+            return
+        hub = self._hub
+        stored = None if pending.cancelled() else pending.result()
+        if stored is None or stored.degraded == "unknown":
+            hub.send_error(
+                conn,
+                ProtocolError(
+                    ErrorCode.UNAVAILABLE,
+                    "the message could not be stored; retry with the same ref",
+                    ref=ref,
+                ),
+            )
+            return
+        data: dict[str, Any] = {"ref": ref, "room": stored.room, "id": stored.id}
+        if stored.offset is not None:
+            data["offset"] = stored.offset
+        if stored.degraded is not None:  # delivered on this pod only
+            data["stored"] = False
+        conn.send(self._messages.system("published", data, room=stored.room))
 
     # -- presence status ----------------------------------------------------------------
 
@@ -255,6 +351,15 @@ class Commands:
         hub = self._hub
         if sent and hub.started and not conn.closed:
             statuses.sent(conn, hub.loop)
+
+
+def _publish_refusal(message: Message) -> dict[str, Any]:
+    # How an on_publish refusal of ``message`` reads (see roomcast.core.hooks).
+    return {
+        "code": ErrorCode.FORBIDDEN_PUBLISH,
+        "default": f"publishing to room {message.room!r} was refused",
+        "ref": message.ref,
+    }
 
 
 def _ref_of(raw: str | bytes) -> str | None:

@@ -66,6 +66,7 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "abuse",
+        "answered",
         "bucket",
         "byte_bucket",
         "byte_limit",
@@ -118,6 +119,8 @@ class Connection:
         self.inbox: deque[Any] | None = None
         self.worker: asyncio.Task[None] | None = None
         self.closed = False
+        self.answered: str | None = None
+        """The ``ref`` of the last error sent to this connection (so a drop is told once)."""
         self.state: dict[str, Any] = {}
         """Free-form storage for the application's hooks."""
 
@@ -258,3 +261,8 @@ class Connection:
 HookResult = Message | None | Awaitable[Message | None]
 MessageHook = Callable[[Connection, Message], HookResult]
 ConnectionHook = Callable[[Connection], Awaitable[None] | None]
+Verdict = bool | str | None
+"""An authorization hook's answer: None or True allows; False refuses; a string
+refuses with that reason (a hook may also raise :class:`~roomcast.errors.Refused`)."""
+JoinHook = Callable[[Connection, str], Verdict | Awaitable[Verdict]]
+PublishHook = Callable[[Connection, Message], Verdict | Awaitable[Verdict]]

@@ -15,7 +15,7 @@ from roomcast.core.origins import OriginPolicy
 
 if TYPE_CHECKING:
     from roomcast.core.auth import Authenticator
-    from roomcast.core.connection import ConnectionHook, MessageHook
+    from roomcast.core.connection import ConnectionHook, JoinHook, MessageHook, PublishHook
 
 __all__ = ["HandlerConfig"]
 
@@ -34,8 +34,20 @@ class HandlerConfig:
         on_disconnect: called with the connection once it is gone and its presence
             removed; ``conn.rooms`` still lists the rooms it was in.
         on_message: called with ``(connection, message)`` for each chat message
-            before it is published; return the message (possibly changed) to
-            publish it, or None to drop it.
+            before it is published (after ``on_publish`` allowed it); return the
+            message (possibly changed) to publish it, or None to drop it.
+        on_join: called with ``(connection, room)`` before a client joins a room
+            (by a ``join``, the connect URL or the token's ``channels``), after
+            the token and the room limit allowed it. Return None or True to
+            allow; False, or a reason string, to refuse (``forbidden_room``
+            error; for the connect URL's room, close 4503); or raise
+            :class:`~roomcast.errors.Refused` to pick the code. A hook that
+            fails refuses with ``unavailable``. Server-side subscriptions
+            (control API) do not ask it.
+        on_publish: called with ``(connection, message)`` before a client's chat
+            message is published; allows or refuses like ``on_join``
+            (``forbidden_publish`` error). It authorizes; ``on_message``
+            transforms and filters.
         auth_required: refuse connections without credentials (HTTP 401). Invalid
             credentials are refused either way.
         authenticator: turns the upgrade request into an
@@ -53,6 +65,8 @@ class HandlerConfig:
     on_connect: ConnectionHook | None = None
     on_disconnect: ConnectionHook | None = None
     on_message: MessageHook | None = None
+    on_join: JoinHook | None = None
+    on_publish: PublishHook | None = None
     auth_required: bool = False
     authenticator: Authenticator | None = None
     allowed_origins: Sequence[str] = ()

@@ -23,20 +23,23 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Self
 
-from roomcast.brokers.base import Broker, PresenceMember
+from roomcast.brokers.base import Broker, PresenceChange, PresenceMember
 from roomcast.brokers.memory import MemoryBroker
 from roomcast.core.admission import Admission, Gate, Refusal
 from roomcast.core.auth import ConnectRequest
+from roomcast.core.brokerevents import BrokerCallbacks
 from roomcast.core.commands import Commands
 from roomcast.core.connection import Connection
 from roomcast.core.endpoint import HandlerConfig
+from roomcast.core.events import Events
 from roomcast.core.flusher import Flusher
 from roomcast.core.keepalive import Keepalive
 from roomcast.core.limits import UserConnections
 from roomcast.core.metrics import Metrics
+from roomcast.core.namespaces import Namespace, Namespaces, RoomOptions
 from roomcast.core.presence import StatusCoalescer
 from roomcast.core.recovery import Recovery
 from roomcast.core.refresh import TokenRefresh
@@ -62,7 +65,7 @@ __all__ = ["Engine"]
 _log = logging.getLogger("roomcast.hub")
 
 
-class Engine:
+class Engine(BrokerCallbacks):
     """Rooms of WebSocket connections, broadcast, presence; one per pod.
 
     Applications hold the :class:`~roomcast.Hub`, which adds the front ends;
@@ -102,6 +105,9 @@ class Engine:
             status is announced in each room where it differs from what was
             last announced there (0: every change at once). See
             :mod:`roomcast.core.presence`.
+        namespaces: options per room-name pattern (history, presence, recovery,
+            client publishing); see :mod:`roomcast.core.namespaces`. History
+            options apply to the default broker and to the Redis broker alike.
         max_connections_per_user: connections one authenticated user may hold
             (0: no limit); more get HTTP 429.
         connect_rate: new connections per second per client address (0: no
@@ -150,6 +156,7 @@ class Engine:
         max_rooms_per_connection: int = 100,
         presence_events: bool = True,
         presence_interval: float = 1.0,
+        namespaces: Iterable[Namespace] = (),
         max_connections_per_user: int = 0,
         connect_rate: float = 0.0,
         user_connections: UserConnections | None = None,
@@ -171,6 +178,8 @@ class Engine:
             memory = broker  # narrowed, for the lambda
             self.metrics.history_bytes.set_function(lambda: memory.retained_bytes)
         self.registry = Registry()
+        self.events = Events()
+        """Listeners of the cluster-wide room events (see :mod:`roomcast.core.events`)."""
         self.messages = MessageFactory(id_factory=id_factory, clock=clock)
         self.clock = clock
         self.node_id = secrets.token_hex(3)
@@ -196,6 +205,12 @@ class Engine:
         # Abuse limits
         self.max_rooms_per_connection = max_rooms_per_connection
         self.presence_events = presence_events
+        self.namespaces = Namespaces(
+            namespaces, defaults=RoomOptions(presence_events=presence_events)
+        )
+        """Each room's options (:mod:`roomcast.core.namespaces`); call it with a room."""
+        if self.namespaces.sets_history:
+            broker.set_retention(self.namespaces.retention)
         self.statuses = StatusCoalescer(presence_interval, self._announce_status)
         self.gate = Gate(
             self,
@@ -364,6 +379,7 @@ class Engine:
     def send_error(self, conn: Connection, exc: ProtocolError) -> None:
         """Send ``exc`` to ``conn`` as an ``error`` message (and count it)."""
         self.metrics.errors.labels(code=exc.code.value).inc()
+        conn.answered = exc.ref
         conn.send(self.messages.error(exc.code, exc.detail, ref=exc.ref))
 
     # -- outbound -------------------------------------------------------------------------
@@ -386,54 +402,6 @@ class Engine:
         if message is not None and message.created:
             metrics.delivery_latency.observe(max(0.0, self.clock() - message.created))
 
-    def handle_publish_error(self, message: Message, exc: BaseException) -> None:
-        """Degrade gracefully: count, warn, and deliver ``message`` to local members."""
-        self.metrics.redis_publish_errors.inc()
-        _log.warning(
-            "broker publish failed; delivering locally only",
-            extra={"room": message.room, "error": str(exc)},
-        )
-        self.handle_publication(Encoded.of(message))
-
-    def handle_publish_unknown(self, message: Message, exc: BaseException) -> None:
-        """Count and log a publication whose outcome is unknown (not delivered locally)."""
-        self.metrics.redis_publish_errors.inc()
-        self.metrics.redis_publish_unknown.inc()
-        _log.warning(
-            "broker publish outcome unknown; not delivered locally (Redis may have)",
-            extra={"room": message.room, "error": str(exc)},
-        )
-
-    def handle_loop_failure(self, name: str, exc: BaseException) -> None:
-        """Count a background loop that failed (it was logged and is restarted)."""
-        self.metrics.task_failures.labels(task=name).inc()
-
-    def handle_reconnect(self) -> None:
-        """Count a broker subscriber reconnection."""
-        self.metrics.redis_reconnects.inc()
-
-    def handle_subscriber_lost(self) -> None:
-        """Count a broker subscriber connection lost or replaced."""
-        self.metrics.redis_subscriber_drops.inc()
-
-    def handle_repair(self, room: str, *, repaired: int, lost: int) -> None:
-        """Count a gap in ``room``'s feed that the broker filled from history."""
-        self.metrics.gap_repairs.inc()
-        self.metrics.gap_repaired_messages.inc(repaired)
-        self.metrics.gap_lost_messages.inc(lost)
-        _log.info(
-            "filled a gap in a room's feed from its history",
-            extra={"room": room, "repaired": repaired, "lost": lost},
-        )
-
-    def handle_history_evicted(self, budget: str, count: int) -> None:
-        """Count retained messages a byte budget evicted early."""
-        self.metrics.history_evicted.labels(budget=budget).inc(count)
-
-    def handle_duplicates(self, count: int) -> None:
-        """Count publications the broker dropped as copies of ones already delivered."""
-        self.metrics.duplicates_dropped.inc(count)
-
     def _announce_status(self, conn: Connection, room: str, status: PresenceStatus) -> bool:
         # The status coalescer's (and the presence command's) announcement.
         if not self.started:
@@ -441,10 +409,14 @@ class Engine:
         self.membership.announce(self.messages.presence(room, conn.user_id, status, info=conn.info))
         return True
 
-    def handle_presence_expired(self, room: str, user_id: str) -> None:
+    def handle_presence_expired(self, room: str, user_id: str, *, vacated: bool = False) -> None:
         """Announce that a user of a vanished pod went offline in ``room``."""
-        if self.started and self.presence_events:
+        if not self.started:
+            return
+        if self.namespaces(room).presence_events:
             self.membership.announce(self.messages.presence(room, user_id, PresenceStatus.OFFLINE))
+        if self.events:
+            self.events.left(room, user_id, PresenceChange.ROOM if vacated else PresenceChange.USER)
 
     # -- application API --------------------------------------------------------------------
 

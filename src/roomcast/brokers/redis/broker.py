@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import secrets
@@ -65,7 +66,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
 
-from roomcast.brokers.base import BrokerHandler, HistoryPage, PresenceStore
+from roomcast.brokers.base import BrokerHandler, HistoryPage, PresenceStore, Retention
 from roomcast.brokers.redis.feed import Feed
 from roomcast.brokers.redis.history import History
 from roomcast.brokers.redis.keys import Keys
@@ -262,6 +263,26 @@ class RedisBroker:
         """
         return self._writer.publish(message)
 
+    def set_retention(self, retention: Retention | None) -> None:
+        """Let ``retention(room)`` override ``history_size`` / ``history_ttl`` per room.
+
+        See :meth:`Broker.set_retention <roomcast.brokers.base.Broker.set_retention>`;
+        call before :meth:`start`.
+        """
+        limits = None if retention is None else functools.partial(self._limits, retention)
+        self._writer.limits = self._history.limits = limits
+
+    def _limits(self, retention: Retention, room: str) -> tuple[int, int]:
+        # (history size, ttl in whole seconds) of ``room``; size 0 keeps no history.
+        override = retention(room)
+        size, ttl = self.history_size, self.history_ttl
+        if override is not None:
+            size = override[0] if override[0] is not None else size
+            ttl = override[1] if override[1] is not None else ttl
+        if ttl <= 0:
+            return 0, 0
+        return size, max(1, math.ceil(ttl))
+
     async def subscribe(self, room: str) -> None:
         """Subscribe to ``room``'s channel (resubscribed after every reconnect).
 
@@ -324,5 +345,5 @@ class RedisBroker:
                 continue
             handler = self._handler
             if handler is not None:
-                for room, user_id in gone:
-                    handler.handle_presence_expired(room, user_id)
+                for room, user_id, vacated in gone:
+                    handler.handle_presence_expired(room, user_id, vacated=vacated)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -61,6 +62,8 @@ class History:
         self._subscriber = subscriber
         self._repairs = repairs
         self._read_page = client.register_script(READ_PAGE)
+        self.limits: Callable[[str], tuple[int, int]] | None = None
+        """``limits(room)``: the room's history size and TTL (s) when namespaces set them."""
 
     async def read(
         self, room: str, *, since: str | None = None, limit: int | None = None
@@ -78,6 +81,9 @@ class History:
         Raises:
             BrokerUnavailable: Redis did not answer the read.
         """
+        size, ttl = self._history_size, self._ttl_seconds
+        if self.limits is not None:
+            size, ttl = self.limits(room)
         subscriber = self._subscriber
         barrier: bytes | None = None
         waiter: asyncio.Future[bool] | None = None
@@ -92,8 +98,8 @@ class History:
                     args=[
                         since or "",
                         -1 if limit is None else limit,
-                        secrets.token_hex(4) if self._history_size else "",
-                        self._ttl_seconds,
+                        secrets.token_hex(4) if size else "",
+                        ttl if size else 0,
                         self._keys.health_channel if barrier is not None else "",
                         barrier or b"",
                     ],
@@ -108,7 +114,7 @@ class History:
                     ordered = await asyncio.wait_for(waiter, SUBSCRIBE_WAIT)
                 except TimeoutError:
                     ordered = False
-                if ordered and self._history_size:
+                if ordered and size:
                     await self._caught_up(room, epoch, offset)
                 elif not ordered:
                     _log.warning("history barrier of %s did not come back; replying anyway", room)

@@ -32,7 +32,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from roomcast.brokers.base import PresenceMember, RoomStats
+from roomcast.brokers.base import PresenceChange, PresenceMember, RoomStats
 from roomcast.brokers.redis.scripts import (
     PRESENCE_ADD,
     PRESENCE_REAP,
@@ -45,6 +45,7 @@ from roomcast.protocol import PresenceStatus
 __all__ = ["RedisPresence"]
 
 _log = logging.getLogger("roomcast.brokers.redis")
+_NONE = PresenceChange.NONE
 
 
 class RedisPresence:
@@ -91,8 +92,10 @@ class RedisPresence:
     def _local_users(self, room: str, user_id: str) -> int:
         return sum(1 for owner, _ in self._local.get(room, {}).values() if owner == user_id)
 
-    async def add(self, room: str, *, user_id: str, conn_id: str, info: Any = None) -> bool:
-        """Record a connection; True if the user just came online anywhere in the cluster."""
+    async def add(
+        self, room: str, *, user_id: str, conn_id: str, info: Any = None
+    ) -> PresenceChange:
+        """Record a connection; true if the user just came online anywhere in the cluster."""
         info_json = orjson.dumps(info).decode() if info is not None else ""
         self._local.setdefault(room, {})[conn_id] = (user_id, info_json)
         try:
@@ -106,11 +109,13 @@ class RedisPresence:
                 _, online = await pipe.execute()
         except (RedisError, OSError) as exc:
             _log.warning("presence add failed; answering locally", extra={"error": str(exc)})
-            return self._local_users(room, user_id) == 1
-        return bool(online)
+            return PresenceChange.USER if self._local_users(room, user_id) == 1 else _NONE
+        if len(online) < 2:
+            return _NONE
+        return PresenceChange.ROOM if int(online[0]) == 0 else PresenceChange.USER
 
-    async def remove(self, room: str, *, user_id: str, conn_id: str) -> bool:
-        """Forget a connection; True if it was the user's last one in the cluster."""
+    async def remove(self, room: str, *, user_id: str, conn_id: str) -> PresenceChange:
+        """Forget a connection; true if it was the user's last one in the cluster."""
         local = self._local.get(room)
         if local is not None:
             local.pop(conn_id, None)
@@ -123,8 +128,8 @@ class RedisPresence:
             # Remove it at the next heartbeat, so it does not linger until reaped
             # (and get announced offline a second time).
             self._unremoved.add((room, conn_id))
-            return self._local_users(room, user_id) == 0
-        return bool(gone)
+            return PresenceChange.USER if self._local_users(room, user_id) == 0 else _NONE
+        return PresenceChange(int(gone))
 
     async def set_status(self, room: str, *, user_id: str, status: PresenceStatus) -> bool:
         """Set the user's status in ``room``; True if it changed."""
@@ -189,12 +194,13 @@ class RedisPresence:
                 await self._client.srem(self._rooms_key, *empty)
         return out
 
-    async def heartbeat(self) -> list[tuple[str, str]]:
+    async def heartbeat(self) -> list[tuple[str, str, bool]]:
         """Refresh this pod's entries, then reap expired ones of every room.
 
         Returns:
-            ``(room, user_id)`` for each user that went offline because a pod
-            stopped refreshing its connections: the caller announces them.
+            ``(room, user_id, vacated)`` for each user that went offline because
+            a pod stopped refreshing its connections (``vacated``: the room's
+            last, for the last such user of the room): the caller announces them.
         """
         expiry = self._expiry_args()
         unremoved, self._unremoved = self._unremoved, set()
@@ -218,9 +224,11 @@ class RedisPresence:
             for name in names:
                 await self._reap(keys=self._keys(name), args=[now_ms], client=pipe)
             results = await pipe.execute()
-        return [
-            (name, _text(user)) for name, gone in zip(names, results, strict=True) for user in gone
-        ]
+        out = []
+        for name, gone in zip(names, results, strict=True):
+            users, vacated = gone[:-1], bool(gone[-1]) if gone else False
+            out += [(name, _text(u), vacated and i == len(users) - 1) for i, u in enumerate(users)]
+        return out
 
 
 def _text(value: bytes | str) -> str:

@@ -22,16 +22,30 @@ PUBLISH: Final = """
 -- KEYS: meta (hash: epoch, offset, bytes), stream (history), ids (hash: message id -> offset)
 -- ARGV: channel, payload (JSON object without offset), message id,
 --       history size, history ttl (s, 0 = none), epoch to use if the history is new,
---       history bytes (0 = no bound; the newest entry stays whatever its size)
+--       history bytes (0 = no bound; the newest entry stays whatever its size),
+--       the client's retry key ("<sender>\0<ref>", '' = none)
 -- Returns {offset, epoch, 1 if the id was already stored (nothing done) else 0,
---          entries evicted for the byte bound}.
+--          entries evicted for the byte bound, the id stored first (retry key only)}.
 -- Idempotent: a retry of a publication whose reply was lost stores and publishes
--- nothing again while its id is retained, and returns the offset it got.
+-- nothing again while its id is retained, and returns the offset it got. So is a
+-- client's retry of a message (the same retry key while the first is retained):
+-- the first one's id and offset are returned. The ids hash maps "r:<retry key>"
+-- to the id; the stream entry carries the key ('k') so trimming forgets it.
+local retry = ARGV[8] or ''
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch and redis.call('HEXISTS', KEYS[1], 'offset') == 1 then
   local stored = redis.call('HGET', KEYS[3], ARGV[3])
   if stored then
     return {tonumber(stored), epoch, 1, 0}
+  end
+  if retry ~= '' then
+    local first = redis.call('HGET', KEYS[3], 'r:' .. retry)
+    if first then
+      local at = redis.call('HGET', KEYS[3], first)
+      if at then
+        return {tonumber(at), epoch, 1, 0, first}
+      end
+    end
   end
 else
   -- A new history: none yet, or only its epoch (set by a reader). A stream left
@@ -43,8 +57,13 @@ else
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local payload = string.sub(ARGV[2], 1, -2) .. ',"offset":' .. offset .. '}'
-redis.call('XADD', KEYS[2], offset .. '-0', 'i', ARGV[3], 'p', payload)
-redis.call('HSET', KEYS[3], ARGV[3], offset)
+if retry ~= '' then
+  redis.call('XADD', KEYS[2], offset .. '-0', 'i', ARGV[3], 'p', payload, 'k', retry)
+  redis.call('HSET', KEYS[3], ARGV[3], offset, 'r:' .. retry, ARGV[3])
+else
+  redis.call('XADD', KEYS[2], offset .. '-0', 'i', ARGV[3], 'p', payload)
+  redis.call('HSET', KEYS[3], ARGV[3], offset)
+end
 local size = redis.call('HINCRBY', KEYS[1], 'bytes', #payload)
 -- Keep history size entries; the ids and sizes of the ones dropped go with them.
 local oldest = offset - tonumber(ARGV[4])
@@ -52,6 +71,9 @@ if oldest >= 1 then
   local gone = redis.call('XRANGE', KEYS[2], '-', oldest .. '-0')
   for _, entry in ipairs(gone) do
     redis.call('HDEL', KEYS[3], entry[2][2])
+    if entry[2][6] then
+      redis.call('HDEL', KEYS[3], 'r:' .. entry[2][6])
+    end
     size = size - #entry[2][4]
   end
   if #gone > 0 then
@@ -69,6 +91,9 @@ while limit > 0 and size > limit do
       break
     end
     redis.call('HDEL', KEYS[3], entry[2][2])
+    if entry[2][6] then
+      redis.call('HDEL', KEYS[3], 'r:' .. entry[2][6])
+    end
     size = size - #entry[2][4]
     last = entry[1]
     evicted = evicted + 1
@@ -165,8 +190,9 @@ PRESENCE_ADD: Final = """
 -- KEYS: conns (zset conn -> expiry ms), owner (hash conn -> user),
 --       users (hash user -> connection count), status (hash), info (hash)
 -- ARGV: expiry ms, key ttl (s), then triples conn, user, info JSON ('' = none)
--- Adds (or refreshes) each connection; returns the users that came online.
-local online = {}
+-- Adds (or refreshes) each connection; returns {users in the room before, users
+-- that came online...}.
+local online = {redis.call('HLEN', KEYS[3])}
 for i = 3, #ARGV, 3 do
   local conn, user, info = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if redis.call('ZADD', KEYS[1], ARGV[1], conn) == 1 then
@@ -208,8 +234,12 @@ end
 PRESENCE_REMOVE: Final = (
     _FORGET
     + """
--- KEYS: as PRESENCE_ADD. ARGV: conn. Returns 1 if its user went offline.
+-- KEYS: as PRESENCE_ADD. ARGV: conn. Returns 1 if its user went offline, 3 if the
+-- room is empty now too, else 0.
 if forget(ARGV[1]) then
+  if redis.call('HLEN', KEYS[3]) == 0 then
+    return 3
+  end
   return 1
 end
 return 0
@@ -220,7 +250,8 @@ PRESENCE_REAP: Final = (
     _FORGET
     + """
 -- KEYS: as PRESENCE_ADD. ARGV: now (ms).
--- Forgets connections whose pod stopped refreshing them; returns users gone offline.
+-- Forgets connections whose pod stopped refreshing them; returns the users gone
+-- offline, then 1 if that left the room empty (else 0).
 local gone = {}
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
 for _, conn in ipairs(dead) do
@@ -228,6 +259,11 @@ for _, conn in ipairs(dead) do
   if user then
     table.insert(gone, user)
   end
+end
+if #gone > 0 and redis.call('HLEN', KEYS[3]) == 0 then
+  table.insert(gone, 1)
+else
+  table.insert(gone, 0)
 end
 return gone
 """

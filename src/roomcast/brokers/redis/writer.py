@@ -109,6 +109,8 @@ class Writer:
         self._ttl_seconds = ttl_seconds
         self._history_bytes = history_bytes
         self._handler_of = handler
+        self.limits: Callable[[str], tuple[int, int]] | None = None
+        """``limits(room)``: the room's history size and TTL (s) when namespaces set them."""
         self._publish_sha = hashlib.sha1(PUBLISH.encode()).hexdigest()
         self._queue: deque[Publication] = deque()
         self._in_doubt: list[Publication] = []
@@ -158,6 +160,8 @@ class Writer:
     def abandon(self) -> None:
         """Settle every publication left (after the loop stopped): nobody waits forever."""
         for publication in (*self._queue, *self._in_doubt, *self._inflight):
+            if not publication.future.done():
+                publication.message.degraded = "unknown"  # not known to be stored
             publication.settle()
         self._queue.clear()
         self._in_doubt.clear()
@@ -262,6 +266,7 @@ class Writer:
             return
         keys = self._keys
         size, ttl = self._history_size, self._ttl_seconds
+        limits = self.limits
         scripted = []
         try:
             pipe = self._client.pipeline(transaction=False)
@@ -273,7 +278,11 @@ class Writer:
                     if room is None:
                         pipe.publish(keys.global_channel, payload)
                         scripted.append(False)
-                    elif message.retained and size:
+                    elif (
+                        message.retained
+                        and (kept := (size, ttl) if limits is None else limits(room))[0]
+                    ):
+                        ref = message.ref
                         pipe.evalsha(
                             self._publish_sha,
                             3,
@@ -281,10 +290,11 @@ class Writer:
                             keys.room_channel(room),
                             payload,
                             message.id,
-                            size,
-                            ttl,
+                            kept[0],
+                            kept[1],
                             secrets.token_hex(4),
                             self._history_bytes,
+                            "" if ref is None else f"{message.from_}\0{ref}",
                         )
                         scripted.append(True)
                     else:
@@ -345,8 +355,10 @@ class Writer:
                         handler.handle_publish_error(publication.message, result)
                     else:
                         handler.handle_publish_unknown(publication.message, result)
-            elif isinstance(result, list):  # [offset, epoch, already stored, evicted]
+            elif isinstance(result, list):  # [offset, epoch, already stored, evicted, id?]
                 publication.message.offset = int(result[0])
+                if len(result) > 4:  # a client's retry: the first one's id
+                    publication.message.id = result[4].decode()
                 if len(result) > 3 and result[3] and handler is not None:
                     handler.handle_history_evicted("room", int(result[3]))
             publication.settle()
