@@ -27,7 +27,7 @@ import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
-from roomcast.core.hooks import failure, refusal
+from roomcast.core.hooks import ask_on_join, failure, refusal
 from roomcast.core.subscriptions import forbidden
 from roomcast.errors import CloseCode, ErrorCode, ProtocolError
 from roomcast.protocol import ClientMessage, Message, MessageType, PresenceStatus, parse
@@ -66,7 +66,6 @@ class Commands:
         "_messages",
         "_metrics",
         "_namespaces",
-        "_presence_events",
         "_rate",
         "_rate_bytes",
         "_refresh",
@@ -86,7 +85,6 @@ class Commands:
         self._metrics = hub.metrics
         self._messages = hub.messages
         self._statuses = hub.statuses
-        self._presence_events = hub.presence_events
         self._namespaces = hub.namespaces if hub.namespaces else None
         self._rate = hub.rate
         self._rate_bytes = hub.rate_bytes
@@ -120,7 +118,9 @@ class Commands:
                 room = _named_room(msg)
                 membership = self._membership
                 membership.check(conn, room, msg.ref)
-                return membership.join(conn, room, last_id=msg.last_id, ref=msg.ref)
+                if conn.config.on_join is None or room in conn.rooms:
+                    return membership.join(conn, room, last_id=msg.last_id, ref=msg.ref)
+                return self._join_if_allowed(conn, room, msg)
             if kind is MessageType.LEAVE:
                 return self._membership.leave(conn, _named_room(msg), ref=msg.ref)
             if kind is MessageType.PRESENCE:
@@ -130,6 +130,16 @@ class Commands:
         except ProtocolError as exc:
             self._hub.send_error(conn, exc)
             return None
+
+    async def _join_if_allowed(self, conn: Connection, room: str, msg: ClientMessage) -> None:
+        # A client's join that the endpoint's on_join hook decides first.
+        refused = await ask_on_join(conn, room, msg.ref)
+        if conn.closed:
+            return
+        if refused is not None:
+            self._hub.send_error(conn, refused)
+            return
+        await self._membership.join(conn, room, last_id=msg.last_id, ref=msg.ref)
 
     def reject_overload(self, conn: Connection, raw: str | bytes) -> None:
         """A connection's inbox is full (its hooks are too slow): drop the frame."""
@@ -336,12 +346,16 @@ class Commands:
         # --presence-interval per connection (see roomcast.core.presence).
         conn.status = status
         statuses = self._statuses
+        namespaces = self._hub.namespaces
         sent = False
         for room in rooms:
+            options = namespaces(room)
+            if not options.presence:
+                continue
             changed = await self._broker.presence.set_status(
                 room, user_id=conn.user_id, status=status
             )
-            if not self._presence_events:
+            if not options.presence_events:
                 continue
             if statuses.holding(conn):
                 statuses.hold(conn, room, status, changed=changed)

@@ -37,13 +37,13 @@ class HandlerConfig:
             before it is published (after ``on_publish`` allowed it); return the
             message (possibly changed) to publish it, or None to drop it.
         on_join: called with ``(connection, room)`` before a client joins a room
-            (by a ``join``, the connect URL or the token's ``channels``), after
-            the token and the room limit allowed it. Return None or True to
+            (by a ``join`` or the connect URL), after the token and the room
+            limit allowed it. Return None or True to
             allow; False, or a reason string, to refuse (``forbidden_room``
             error; for the connect URL's room, close 4503); or raise
             :class:`~roomcast.errors.Refused` to pick the code. A hook that
-            fails refuses with ``unavailable``. Server-side subscriptions
-            (control API) do not ask it.
+            fails refuses with ``unavailable``. Server-side subscriptions (the
+            token's ``channels``, the control API) do not ask it.
         on_publish: called with ``(connection, message)`` before a client's chat
             message is published; allows or refuses like ``on_join``
             (``forbidden_publish`` error). It authorizes; ``on_message``

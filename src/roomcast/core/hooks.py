@@ -14,17 +14,22 @@ for an exception the hook raised.
 
 from __future__ import annotations
 
+import inspect
 import logging
+from typing import TYPE_CHECKING
 
 from roomcast.errors import ErrorCode, ProtocolError, Refused
 
-__all__ = ["failure", "refusal"]
+if TYPE_CHECKING:
+    from roomcast.core.connection import Connection
+
+__all__ = ["ask_on_join", "failure", "refusal"]
 
 _log = logging.getLogger("roomcast.hub")
 
 
 def refusal(
-    verdict: object, *, code: ErrorCode, default: str, ref: str | None
+    verdict: object, *, code: ErrorCode, default: str, ref: str | None = None
 ) -> ProtocolError | None:
     """None if ``verdict`` allows; else the error to send (``code``, ``default`` text).
 
@@ -41,9 +46,30 @@ def refusal(
     return ProtocolError(ErrorCode.UNAVAILABLE, "the server could not decide; try again", ref=ref)
 
 
-def failure(exc: Exception, *, code: ErrorCode, default: str, ref: str | None) -> ProtocolError:
+def failure(
+    exc: Exception, *, code: ErrorCode, default: str, ref: str | None = None
+) -> ProtocolError:
     """The error to send for ``exc``, raised by a hook (:class:`Refused` or a failure)."""
     if isinstance(exc, Refused):
         return ProtocolError(exc.code or code, exc.reason or default, ref=ref)
     _log.error("an authorization hook failed; refusing", exc_info=exc)
     return ProtocolError(ErrorCode.UNAVAILABLE, "the server could not decide; try again", ref=ref)
+
+
+async def ask_on_join(conn: Connection, room: str, ref: str | None) -> ProtocolError | None:
+    """Ask ``conn``'s ``on_join`` hook about ``room``: None if allowed (or no hook), else the error.
+
+    The error is ``forbidden_room`` with the hook's reason, or ``unavailable``
+    when the hook failed.
+    """
+    hook = conn.config.on_join
+    if hook is None:
+        return None
+    code, default = ErrorCode.FORBIDDEN_ROOM, f"joining room {room!r} was refused"
+    try:
+        verdict = hook(conn, room)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+    except Exception as exc:
+        return failure(exc, code=code, default=default, ref=ref)
+    return refusal(verdict, code=code, default=default, ref=ref)

@@ -8,9 +8,12 @@
   room it is welcomed at once, with one its welcome waits for the room's
   position and replay (:meth:`Membership.join
   <roomcast.core.subscriptions.Membership.join>`, publications held meanwhile by
-  :class:`~roomcast.core.recovery.Recovery`); then the endpoint's
-  ``on_connect`` hook runs. All of that runs in the connection's inbox, so the
-  client's first frames are handled after it, in order.
+  :class:`~roomcast.core.recovery.Recovery`); then the token's ``channels``
+  are joined (each with a ``joined`` event) and the endpoint's ``on_connect``
+  hook runs. An ``on_join`` hook refusing the connect URL's room closes the
+  connection with 4503 instead of welcoming it. All of that runs in the
+  connection's inbox, so the client's first frames are handled after it, in
+  order.
 - **detach**: the connection is marked closed (nothing more is queued on it),
   its slot and status timer are given back and it leaves the registry at once;
   presence (its rooms' ``offline``, the subscriptions nobody needs any more) and
@@ -27,6 +30,8 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from roomcast.core.hooks import ask_on_join
+from roomcast.errors import CloseCode
 from roomcast.protocol import Encoded
 
 if TYPE_CHECKING:
@@ -81,13 +86,27 @@ class Sessions:
         last_id: str | None = None,
         buffer: list[Encoded] | None = None,
     ) -> None:
+        membership = self._membership
         if room is not None and buffer is not None:
             try:
-                await self._membership.join(conn, room, last_id=last_id, buffer=buffer)
+                refused = await ask_on_join(conn, room, None)
+                if refused is not None:
+                    # No welcome: the room the client connected for is refused.
+                    conn.close(CloseCode.ROOM_REFUSED, _close_reason(refused.detail))
+                    return
+                await membership.join(conn, room, last_id=last_id, buffer=buffer)
             finally:
                 self._recovery.attached(conn)
             if conn.closed:
                 return
+        identity = conn.identity
+        if identity is not None:
+            # The token's channels: server-side subscriptions, after the welcome.
+            for channel in identity.channels:
+                if conn.closed:
+                    return
+                if channel not in conn.rooms:
+                    await membership.join(conn, channel, server=True)
         hook = conn.config.on_connect
         if hook is not None:
             await _call(hook, conn)
@@ -118,6 +137,14 @@ class Sessions:
         hook = conn.config.on_disconnect
         if hook is not None:
             await _call(hook, conn)
+
+
+def _close_reason(text: str) -> str:
+    # A close frame's reason is at most 123 bytes of UTF-8.
+    data = text.encode()
+    if len(data) <= 123:
+        return text
+    return data[:120].decode(errors="ignore") + "..."
 
 
 async def _call(hook: Callable[..., Any], *args: Any) -> Any:

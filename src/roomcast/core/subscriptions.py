@@ -119,11 +119,12 @@ class Membership:
 
     __slots__ = (
         "_broker",
+        "_events",
         "_hub",
         "_max_rooms",
         "_messages",
         "_metrics",
-        "_presence_events",
+        "_namespaces",
         "_recovery",
         "_registry",
         "_statuses",
@@ -146,7 +147,8 @@ class Membership:
         self._recovery = recovery
         self._subscriptions = subscriptions
         self._max_rooms = hub.max_rooms_per_connection
-        self._presence_events = hub.presence_events
+        self._namespaces = hub.namespaces
+        self._events = hub.events
 
     def add(self, conn: Connection, *, recovered: bool, **room_state: Any) -> None:
         """Register ``conn`` on the pod and send its welcome, its first frame.
@@ -214,6 +216,7 @@ class Membership:
         last_id: str | None = None,
         ref: str | None = None,
         buffer: list[Encoded] | None = None,
+        server: bool = False,
     ) -> None:
         """Join ``room``: subscribe, read the room's position and replay, then go live.
 
@@ -221,12 +224,19 @@ class Membership:
         publications since :meth:`Recovery.attach
         <roomcast.core.recovery.Recovery.attach>`); the connection is then
         registered and welcomed here (:meth:`add`). Otherwise a ``joined``
-        reply is sent. A member joining again with ``last_id`` gets the replay
-        once more, staying present in the room.
+        reply is sent, with ``"server": true`` when ``server`` (the server
+        subscribed the connection: token ``channels``, control API). A member
+        joining again with ``last_id`` gets the replay once more, staying
+        present in the room. The room's namespace decides whether ``last_id``
+        is replayed (``recovery``) and whether presence is kept and announced.
         """
         welcome = buffer is not None
         if conn.closed:
             return
+        options = self._namespaces(room)
+        if not options.recovery:
+            last_id = None
+        extra: dict[str, Any] = {"server": True} if server else {}
         registry = self._registry
         resync = room in conn.rooms
         if resync:
@@ -235,7 +245,7 @@ class Membership:
                     epoch = (await self._broker.history(room, limit=0)).epoch
                 except BrokerError:
                     epoch = ""
-                self._reply_joined(conn, room, ref, recovered=False, epoch=epoch)
+                self._reply_joined(conn, room, ref, recovered=False, epoch=epoch, **extra)
                 return
             # A member asking for a replay (it saw an offset gap): catch up again,
             # as a joiner would, while staying present in the room.
@@ -255,20 +265,28 @@ class Membership:
             )
         else:
             self._reply_joined(
-                conn, room, ref, recovered=page.recovered, epoch=page.epoch, offset=page.offset
+                conn,
+                room,
+                ref,
+                recovered=page.recovered,
+                epoch=page.epoch,
+                offset=page.offset,
+                **extra,
             )
         for encoded in merge(room, page.offset, replay, held):
             conn.push(encoded)
         registry.join(conn, room)
         self._metrics.rooms.set(len(registry.rooms))
-        if resync:
+        if resync or not options.presence:
             return
-        came_online = await self._broker.presence.add(
+        change = await self._broker.presence.add(
             room, user_id=conn.user_id, conn_id=conn.id, info=conn.info
         )
-        if came_online and self._presence_events:
+        if change and options.presence_events:
             online = PresenceStatus.ONLINE
             self.announce(self._messages.presence(room, conn.user_id, online, info=conn.info))
+        if change and self._events:
+            self._events.joined(room, conn.user_id, change)
 
     def _reply_joined(
         self, conn: Connection, room: str, ref: str | None, *, recovered: bool, **extra: Any
@@ -278,12 +296,25 @@ class Membership:
             data["ref"] = ref
         conn.send(self._messages.system("joined", data, room=room))
 
-    async def leave(self, conn: Connection, room: str, *, ref: str | None) -> None:
+    async def leave(
+        self,
+        conn: Connection,
+        room: str,
+        *,
+        ref: str | None,
+        server: bool = False,
+        reason: str | None = None,
+    ) -> None:
         """Leave ``room`` as a client's ``leave`` asks: the ``left`` reply, then presence.
 
-        A connection not in ``room`` gets a ``not_member`` error instead.
+        A connection not in ``room`` gets a ``not_member`` error instead. With
+        ``server`` (the control API unsubscribed it) the reply carries
+        ``"server": true`` and ``reason``, and a connection not in the room is
+        left alone.
         """
         if room not in conn.rooms:
+            if server:
+                return
             self._hub.send_error(
                 conn, ProtocolError(ErrorCode.NOT_MEMBER, f"not a member of room {room!r}", ref=ref)
             )
@@ -294,6 +325,10 @@ class Membership:
         data: dict[str, Any] = {"room": room}
         if ref is not None:
             data["ref"] = ref
+        if server:
+            data["server"] = True
+            if reason is not None:
+                data["reason"] = reason
         conn.send(self._messages.system("left", data, room=room))
         await self.after_leave(conn, room, last_local)
 
@@ -305,12 +340,15 @@ class Membership:
         room's subscription unless another connection is catching up on it.
         """
         self._statuses.left(conn, room)
-        went_offline = await self._broker.presence.remove(
-            room, user_id=conn.user_id, conn_id=conn.id
-        )
-        if went_offline and self._hub.started and self._presence_events:
-            offline = PresenceStatus.OFFLINE
-            self.announce(self._messages.presence(room, conn.user_id, offline))
+        options = self._namespaces(room)
+        if options.presence:
+            change = await self._broker.presence.remove(room, user_id=conn.user_id, conn_id=conn.id)
+            if change and self._hub.started:
+                if options.presence_events:
+                    offline = PresenceStatus.OFFLINE
+                    self.announce(self._messages.presence(room, conn.user_id, offline))
+                if self._events:
+                    self._events.left(room, conn.user_id, change)
         if last_local:
             self._release(room)
 
