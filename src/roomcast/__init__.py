@@ -12,6 +12,8 @@ from roomcast.brokers.memory import MemoryBroker, MemoryPresence
 from roomcast.core.auth import Authenticator, ConnectRequest, Identity, JwtAuthenticator
 from roomcast.core.connection import Connection
 from roomcast.core.endpoint import HandlerConfig
+from roomcast.core.events import HubEvent
+from roomcast.core.namespaces import Namespace
 from roomcast.errors import (
     AuthError,
     BrokerError,
@@ -21,6 +23,7 @@ from roomcast.errors import (
     ErrorCode,
     HubClosed,
     ProtocolError,
+    Refused,
     RoomcastError,
 )
 from roomcast.protocol import Message, MessageType, PresenceStatus
@@ -41,16 +44,19 @@ __all__ = [
     "HistoryPage",
     "Hub",
     "HubClosed",
+    "HubEvent",
     "Identity",
     "JwtAuthenticator",
     "MemoryBroker",
     "MemoryPresence",
     "Message",
     "MessageType",
+    "Namespace",
     "PresenceMember",
     "PresenceStatus",
     "PresenceStore",
     "ProtocolError",
+    "Refused",
     "RoomcastError",
     "__version__",
 ]
