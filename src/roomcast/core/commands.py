@@ -262,7 +262,7 @@ class Commands:
     def _filter(self, conn: Connection, message: Message) -> Awaitable[None] | None:
         hook = conn.config.on_message
         if hook is None:
-            self._publish_from(conn, message)
+            self._publish_from(conn, message, message.ref)
             return None
         try:
             result = hook(conn, message)
@@ -275,7 +275,7 @@ class Commands:
         if result is None:
             self._dropped(conn, message)
             return None
-        self._publish_from(conn, result)
+        self._publish_from(conn, result, message.ref)
         return None
 
     async def _filter_async(
@@ -291,7 +291,7 @@ class Commands:
         if result is None:
             self._dropped(conn, message)
             return
-        self._publish_from(conn, result)
+        self._publish_from(conn, result, message.ref)
 
     def _dropped(self, conn: Connection, message: Message) -> None:
         # A message the server dropped: a client waiting for its ack is told,
@@ -304,17 +304,20 @@ class Commands:
                 ),
             )
 
-    def _publish_from(self, conn: Connection, message: Message) -> None:
+    def _publish_from(self, conn: Connection, message: Message, ref: str | None) -> None:
         # A message that cannot be encoded (a hook's result, say) gets its sender
         # an invalid_message error; nothing is stored or delivered. One with a
-        # ref gets the ack once the broker has stored it (a callback, no task).
+        # ref gets the ack once the broker has stored it (a callback, no task);
+        # a hook's new message keeps the client's ref, for the ack and retries.
+        if ref is not None and message.ref is None:
+            message.ref = ref
         try:
             pending = self._broker.publish(message)
         except ProtocolError as exc:
             self._hub.send_error(conn, exc)
             return
-        if message.ref is not None:
-            pending.add_done_callback(functools.partial(self._acknowledge, conn, message.ref))
+        if ref is not None:
+            pending.add_done_callback(functools.partial(self._acknowledge, conn, ref))
 
     def _acknowledge(self, conn: Connection, ref: str, pending: PublishResult) -> None:
         # The broker's answer for a message that carried ``ref``.
