@@ -6,19 +6,14 @@ never closes), or refuses new ones. The server is never mocked.
 """
 
 # The helpers take their time budget as an argument, in MS units, on purpose.
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
-import json
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -31,180 +26,28 @@ from roomcast.client import (
     Gap,
     NotConnected,
     ReplyError,
-    RoomStatus,
     State,
     StateChange,
     TokenUnavailable,
     backoff_ceiling,
     backoff_delay,
     close_action,
-    connect,
     jwt_expiry,
     status_action,
 )
+from tests.client.support import (
+    SECRET,
+    Proxy,
+    Recorder,
+    make,
+    make_token,
+    messages,
+    next_matching,
+    publish,
+    texts,
+    true_when,
+)
 from tests.support import MS, ServerProcess, api, eventually, fresh_room, until
-
-SECRET = "roomcast-client-tests-secret-0123456789abcdef"
-
-
-# -- helpers ---------------------------------------------------------------------------
-
-
-class Proxy:
-    """A TCP proxy to a server port that can cut, stall or refuse connections."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.stall = False
-        self.refuse = False
-        self.accepted = 0
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> Proxy:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        if self.refuse:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.writers |= {writer, up_writer}
-        await asyncio.gather(
-            self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
-        )
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                if not self.stall:
-                    writer.write(data)
-        finally:
-            writer.transport.abort()
-            self.writers.discard(writer)
-
-    def drop(self) -> None:
-        for writer in list(self.writers):
-            writer.transport.abort()
-        self.writers.clear()
-
-    async def close(self) -> None:
-        self.drop()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[Callable[[int], Any]]:
-    """Start proxies (``await proxy(port)``); all are closed at teardown."""
-    started: list[Proxy] = []
-
-    async def start(port: int) -> Proxy:
-        p = await Proxy(port).start()
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        await p.close()
-
-
-class Recorder:
-    """Callbacks that record what a client reports."""
-
-    def __init__(self) -> None:
-        self.states: list[StateChange] = []
-        self.joins: list[RoomStatus] = []
-        self.gaps: list[Gap] = []
-        self.errors: list[Exception] = []
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "on_state": self.states.append,
-            "on_join": self.joins.append,
-            "on_gap": self.gaps.append,
-            "on_error": self.errors.append,
-        }
-
-    def seen(self, state: State) -> list[StateChange]:
-        return [s for s in self.states if s.state is state]
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    """Clients created by a test; all are closed at teardown."""
-    made: list[Client] = []
-    yield made
-    for client in made:
-        await client.close()
-
-
-def make(clients: list[Client], url: str, rooms: list[str], **options: Any) -> Client:
-    options.setdefault("min_delay", 50 * MS)
-    options.setdefault("max_delay", 200 * MS)
-    client = connect(url, rooms=rooms, **options)
-    clients.append(client)
-    return client
-
-
-async def messages(client: Client, n: int, timeout: float = 3000 * MS) -> list[Message]:
-    """The next ``n`` chat/notification messages from the client's iterator."""
-    out: list[Message] = []
-    async with asyncio.timeout(timeout):
-        async for message in client:
-            if message.type in (MessageType.CHAT, MessageType.NOTIFICATION):
-                out.append(message)
-                if len(out) == n:
-                    return out
-    raise AssertionError(f"iterator ended after {out}")
-
-
-async def next_matching(
-    client: Client, predicate: Callable[[Message], bool], timeout: float = 3000 * MS
-) -> Message:
-    async with asyncio.timeout(timeout):
-        async for message in client:
-            if predicate(message):
-                return message
-    raise AssertionError("iterator ended")
-
-
-async def publish(server: ServerProcess, room: str | None, data: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"type": "chat", "data": data}
-    if room is not None:
-        body["room"] = room
-    response = await api(server.http, "POST", "/api/publish", json=body)
-    assert response.status_code == 200, response.text
-    result: dict[str, Any] = response.json()
-    return result
-
-
-def texts(items: list[Message]) -> list[Any]:
-    return [m.data["text"] for m in items]
-
-
-def make_token(sub: str, ttl: float = 3600, secret: str = SECRET) -> str:
-    def b64(raw: bytes) -> str:
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    now = int(time.time())
-    payload = b64(json.dumps({"sub": sub, "iat": now, "exp": int(now + ttl)}).encode())
-    signature = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256)
-    return f"{header}.{payload}.{b64(signature.digest())}"
 
 
 @pytest.fixture
@@ -243,9 +86,15 @@ def test_backoff_is_full_jitter() -> None:
         (1009, "reconnect"),
         (1011, "reconnect"),
         (1012, "reconnect"),
+        (4000, "reconnect"),
         (4001, "stop"),
         (4008, "reconnect"),
-        (4999, "reconnect"),
+        (4100, "reconnect"),
+        (4499, "reconnect"),
+        (4500, "stop"),
+        (4503, "stop"),
+        (4999, "stop"),
+        (5000, "reconnect"),
     ],
 )
 def test_close_code_table(code: int, action: str) -> None:
@@ -456,18 +305,11 @@ async def test_send_while_disconnected_raises(
     rec = Recorder()
     async with make(clients, server.ws, [room], min_delay=1, max_delay=1, **rec.options()) as c:
         server.signal(signal.SIGKILL)
-        await eventually(_true_when(lambda: c.state is State.DISCONNECTED))
+        await eventually(true_when(lambda: c.state is State.DISCONNECTED))
         with pytest.raises(NotConnected):
             await c.send(room, {"text": "lost"})
         with pytest.raises(NotConnected):
             await c.ping()
-
-
-def _true_when(check: Callable[[], bool]) -> Callable[[], Any]:
-    async def probe() -> bool:
-        return check()
-
-    return probe
 
 
 # -- reconnection and recovery ---------------------------------------------------------
@@ -488,12 +330,12 @@ async def test_reconnects_after_the_server_restarts(
 
         server.signal(signal.SIGKILL)
         await asyncio.to_thread(server.proc.wait, 5)
-        await eventually(_true_when(lambda: bool(rec.seen(State.DISCONNECTED))))
+        await eventually(true_when(lambda: bool(rec.seen(State.DISCONNECTED))))
         assert rec.seen(State.DISCONNECTED)[0].code == 1006
         rec.joins.clear()
 
         server = _restart(serve, port)
-        await eventually(_true_when(lambda: len(rec.joins) == 2), 10000 * MS)
+        await eventually(true_when(lambda: len(rec.joins) == 2), 10000 * MS)
         assert client.state is State.CONNECTED and client.connection_id != first
         by_room = {j.room: j for j in rec.joins}
         # The memory broker's history died with it: not recovered, resync.
@@ -505,7 +347,7 @@ async def test_reconnects_after_the_server_restarts(
         count = len(rec.seen(State.DISCONNECTED))
         server.signal(signal.SIGTERM)
         await asyncio.to_thread(server.proc.wait, 10)
-        await eventually(_true_when(lambda: len(rec.seen(State.DISCONNECTED)) > count))
+        await eventually(true_when(lambda: len(rec.seen(State.DISCONNECTED)) > count))
         assert rec.seen(State.DISCONNECTED)[count].code == 1012
         _restart(serve, port)
         await client.wait_connected()
@@ -536,7 +378,7 @@ async def test_recovers_what_was_published_while_disconnected(
         rec.joins.clear()
 
         p.drop()
-        await eventually(_true_when(lambda: bool(rec.seen(State.DISCONNECTED))))
+        await eventually(true_when(lambda: bool(rec.seen(State.DISCONNECTED))))
         assert rec.seen(State.DISCONNECTED)[0].delay == pytest.approx(delay)
         for text in ("a2", "a3"):
             await publish(server, a, {"text": text})
@@ -619,7 +461,7 @@ async def test_fed_gap_rejoins_with_last_id(server: ServerProcess, clients: list
             "offset": real["offset"] + 2,
         }
         assert client._handle(fake) is None  # dropped
-        await eventually(_true_when(lambda: bool(rec.joins)))
+        await eventually(true_when(lambda: bool(rec.joins)))
         [rejoined] = rec.joins
         assert (rejoined.last_id, rejoined.recovered, rejoined.rejoin) == (real["id"], True, True)
         assert rec.gaps == [
@@ -640,7 +482,7 @@ async def test_dead_connection_is_replaced(
         first = client.connection_id
         started = time.monotonic()
         p.stall = True  # the TCP connection stays up; nothing gets through
-        await eventually(_true_when(lambda: bool(rec.seen(State.DISCONNECTED))))
+        await eventually(true_when(lambda: bool(rec.seen(State.DISCONNECTED))))
         took = time.monotonic() - started
         assert rec.seen(State.DISCONNECTED)[0].reason == "ping timeout"
         assert 300 * MS <= took < 1500 * MS
@@ -673,7 +515,7 @@ async def test_backoff_delays_and_reset(
         **rec.options(),
     )
     await client.start(wait=False)
-    await eventually(_true_when(lambda: len(rec.seen(State.DISCONNECTED)) >= 8), 10000 * MS)
+    await eventually(true_when(lambda: len(rec.seen(State.DISCONNECTED)) >= 8), 10000 * MS)
     for n, change in enumerate(rec.seen(State.DISCONNECTED)[:8]):
         ceiling = min(hi, lo * 2**n)
         assert change.attempt == n
@@ -686,11 +528,11 @@ async def test_backoff_delays_and_reset(
     await asyncio.sleep(400 * MS)  # stable
     count = len(rec.seen(State.DISCONNECTED))
     p.drop()
-    await eventually(_true_when(lambda: len(rec.seen(State.DISCONNECTED)) > count))
+    await eventually(true_when(lambda: len(rec.seen(State.DISCONNECTED)) > count))
     assert rec.seen(State.DISCONNECTED)[count].attempt == 0
     await client.wait_connected()
     p.drop()  # before it is stable: the count goes on
-    await eventually(_true_when(lambda: len(rec.seen(State.DISCONNECTED)) > count + 1))
+    await eventually(true_when(lambda: len(rec.seen(State.DISCONNECTED)) > count + 1))
     assert rec.seen(State.DISCONNECTED)[count + 1].attempt == 1
 
 
@@ -702,7 +544,7 @@ async def test_message_too_big_reconnects_without_resending(
     rec = Recorder()
     async with make(clients, server.ws, [room], **rec.options()) as client:
         await client.send(room, {"text": "x" * 5000})
-        await eventually(_true_when(lambda: bool(rec.seen(State.DISCONNECTED))))
+        await eventually(true_when(lambda: bool(rec.seen(State.DISCONNECTED))))
         change = rec.seen(State.DISCONNECTED)[0]
         assert (change.code, change.action) == (1009, CloseAction.RECONNECT)
         await client.wait_connected()
@@ -721,7 +563,7 @@ async def test_rate_limit_abuse_reconnects_slowly(
         with contextlib.suppress(NotConnected):
             for i in range(40):
                 await client.send(room, {"i": i})
-        await eventually(_true_when(lambda: bool(rec.seen(State.DISCONNECTED))))
+        await eventually(true_when(lambda: bool(rec.seen(State.DISCONNECTED))))
         change = rec.seen(State.DISCONNECTED)[0]
         assert (change.code, change.action, change.ceiling) == (1008, CloseAction.SLOW, 400 * MS)
         await client.wait_connected()
@@ -909,7 +751,7 @@ async def test_expired_token_with_get_token_reconnects(
     opts = rec.options() | {"on_state": on_state, "get_token": get_token}
     async with make(clients, auth_server.ws, [fresh_room()], **opts) as client:
         first = client.connection_id
-        await eventually(_true_when(lambda: bool(rec.seen(State.DISCONNECTED))), 8000 * MS)
+        await eventually(true_when(lambda: bool(rec.seen(State.DISCONNECTED))), 8000 * MS)
         change = rec.seen(State.DISCONNECTED)[0]
         assert (change.code, change.action) == (4001, CloseAction.REFRESH)
         await client.wait_connected()
@@ -949,7 +791,7 @@ async def test_reconnect_now_recovers(server: ServerProcess, clients: list[Clien
         first = c.connection_id
         rec.joins.clear()
         c.reconnect()
-        await eventually(_true_when(lambda: bool(rec.joins)))
+        await eventually(true_when(lambda: bool(rec.joins)))
         assert c.connection_id != first
         [change] = rec.seen(State.DISCONNECTED)
         assert change.delay == 0  # at once, despite min_delay=5
@@ -968,7 +810,7 @@ async def test_presence_is_restored_after_reconnecting(
         await bob.set_presence("away")
         p.drop()
         first = bob.user_id
-        await eventually(_true_when(lambda: bob.user_id != first), 5000 * MS)
+        await eventually(true_when(lambda: bob.user_id != first), 5000 * MS)
         away = await next_matching(
             alice,
             lambda m: (
@@ -987,7 +829,7 @@ async def test_gives_up_on_a_stalled_handshake(
     rec = Recorder()
     client = make(clients, p.ws, [fresh_room()], open_timeout=300 * MS, **rec.options())
     await client.start(wait=False)
-    await eventually(_true_when(lambda: bool(rec.seen(State.DISCONNECTED))))
+    await eventually(true_when(lambda: bool(rec.seen(State.DISCONNECTED))))
     change = rec.seen(State.DISCONNECTED)[0]
     assert (change.code, change.action) == (1006, CloseAction.RECONNECT)
     p.stall = False

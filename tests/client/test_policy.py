@@ -15,6 +15,7 @@ from roomcast.client.policy import (
     CloseAction,
     backoff_ceiling,
     backoff_delay,
+    close_action,
     jwt_expiry,
     reconnect_action,
     retry_ceiling,
@@ -22,6 +23,7 @@ from roomcast.client.policy import (
     token_refresh_delay,
     token_retry_delay,
 )
+from roomcast.errors import RECONNECT_CODES_BELOW, CloseCode
 
 
 def unsigned_jwt(claims: object) -> str:
@@ -70,6 +72,34 @@ def test_a_refused_handshake_is_judged_by_its_status_not_the_code() -> None:
     assert reconnect_action(1006) is CloseAction.RECONNECT
     assert reconnect_action(4001, can_refresh_token=True) is CloseAction.REFRESH
     assert reconnect_action(4001) is CloseAction.STOP
+
+
+@pytest.mark.parametrize(
+    ("code", "action"),
+    [
+        (CloseCode.DISCONNECT, CloseAction.RECONNECT),  # 4100: moved by the server
+        (4000, CloseAction.RECONNECT),
+        (4002, CloseAction.RECONNECT),
+        (RECONNECT_CODES_BELOW - 1, CloseAction.RECONNECT),
+        (CloseCode.DISCONNECT_FINAL, CloseAction.STOP),  # 4500: banned, logged out
+        (CloseCode.ROOM_REFUSED, CloseAction.STOP),  # 4503: the URL's room was refused
+        (4501, CloseAction.STOP),
+        (4999, CloseAction.STOP),
+        (5000, CloseAction.RECONNECT),  # not a server code: unknown, retried
+        (CloseCode.SLOW_CONSUMER, CloseAction.RECONNECT),  # 4008 keeps its meaning
+        (CloseCode.TOKEN_EXPIRED, CloseAction.STOP),  # 4001 too
+    ],
+)
+def test_the_servers_close_codes_follow_the_4500_rule(code: int, action: CloseAction) -> None:
+    assert close_action(code) is action
+    assert reconnect_action(code) is action
+
+
+def test_the_4500_rule_can_be_overridden() -> None:
+    assert close_action(4001, can_refresh_token=True) is CloseAction.REFRESH
+    assert close_action(4500, can_refresh_token=True) is CloseAction.STOP
+    assert reconnect_action(4500, should_reconnect=lambda c, r: True) is CloseAction.RECONNECT
+    assert reconnect_action(4100, should_reconnect=lambda c, r: False) is CloseAction.STOP
 
 
 def test_should_reconnect_has_the_last_word() -> None:

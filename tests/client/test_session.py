@@ -17,11 +17,13 @@ from roomcast import Message, MessageType
 from roomcast.client.connector import Connector, Handshake
 from roomcast.client.policy import CloseAction
 from roomcast.client.replies import JoinRefused, ReconnectNeeded, RefreshRefused, RequestDone
-from roomcast.client.rooms import Gap, RoomStatus
+from roomcast.client.rooms import Gap, RoomLeft, RoomStatus
 from roomcast.client.session import Event, Session, State, StateChange
 from roomcast.errors import ClientClosed, InvalidArgument, NotConnected, ReplyError
 
 TS = "2026-01-15T10:30:00.123Z"
+P = "s."
+"""The ref prefix of the sessions made here (a random one by default)."""
 
 
 class Clock:
@@ -43,7 +45,7 @@ def make(rooms: tuple[str, ...] = ("lobby",), url: str = "ws://h/ws", **options:
     options.setdefault("min_delay", 1.0)
     options.setdefault("max_delay", 8.0)
     options.setdefault("random", lambda: 0.5)
-    return Session(Connector(url, **options), rooms=rooms)
+    return Session(Connector(url, **options), rooms=rooms, ref_prefix=P)
 
 
 def feed(session: Session, obj: dict[str, Any]) -> list[Event]:
@@ -118,7 +120,7 @@ def test_from_idle_to_connected() -> None:
     assert (session.connection_id, session.user_id) == ("c1", "u1")
     # The URL's room came with the welcome; the other one is joined now.
     [join] = sent(session)
-    assert join["type"] == "join" and join["room"] == "other" and join["ref"].startswith("j")
+    assert join["type"] == "join" and join["room"] == "other" and join["ref"].startswith(P + "j")
     assert "last_id" not in join
 
 
@@ -148,7 +150,7 @@ def test_reconnecting_recovers_the_first_room_through_the_url() -> None:
     assert events[1] == RoomStatus(
         room="lobby", recovered=True, resync=False, rejoin=True, epoch="e1", offset=1, last_id="m1"
     )
-    assert sent(session) == [{"type": "join", "room": "other", "ref": "j2", "last_id": "m1"}]
+    assert sent(session) == [{"type": "join", "room": "other", "ref": P + "j2", "last_id": "m1"}]
 
 
 def test_messages_before_the_welcome_are_not_for_the_application() -> None:
@@ -180,7 +182,7 @@ def test_a_pong_answers_its_ping_only() -> None:
     connected(session)
     ref = session.ping()
     assert sent(session) == [{"type": "ping", "data": {"ref": ref}}]
-    assert feed(session, {"type": "pong", "data": {"ref": "p999"}}) == []
+    assert feed(session, {"type": "pong", "data": {"ref": P + "p999"}}) == []
     assert feed(session, {"type": "pong", "data": {"ref": ref}}) == [RequestDone(ref)]
     assert feed(session, {"type": "pong", "data": {"ref": ref}}) == []  # answered already
 
@@ -191,7 +193,7 @@ def test_errors_answer_leave_and_ping_requests() -> None:
     [join] = sent(session)
     feed(session, joined("b", join["ref"], epoch="e", offset=0))
     leave = session.leave("b")
-    assert leave is not None and leave.startswith("l")
+    assert leave is not None and leave.startswith(P + "l")
     assert sent(session) == [{"type": "leave", "room": "b", "ref": leave}]
     # Not a member any more is as good as left; the error still reaches the application.
     events = feed(session, error("not_member", leave))
@@ -214,7 +216,7 @@ def test_a_left_reply_answers_the_leave() -> None:
     leave = session.leave("b")
     assert leave is not None
     left = {"type": "system", "room": "b", "data": {"event": "left", "room": "b", "ref": leave}}
-    assert feed(session, left) == [RequestDone(leave)]
+    assert feed(session, left) == [RoomLeft(room="b", server=False), RequestDone(leave)]
     assert session.rooms.names == ["a"]
 
 
@@ -241,10 +243,10 @@ def test_refused_token_refresh_and_gap_repair() -> None:
     assert auth["type"] == "auth" and auth["data"] == {"token": token(2000)}
     [refused, _] = feed(session, error("forbidden_room", auth["ref"]))
     assert isinstance(refused, RefreshRefused) and refused.error.ref == auth["ref"]
-    [reconnect, _] = feed(session, error("rate_limited", "g42"))
+    [reconnect, _] = feed(session, error("rate_limited", P + "g42"))
     assert isinstance(reconnect, ReconnectNeeded)
     session.begin_close()
-    assert [type(e) for e in feed(session, error("rate_limited", "g43"))] == [Message]
+    assert [type(e) for e in feed(session, error("rate_limited", P + "g43"))] == [Message]
 
 
 def test_joined_for_a_room_no_longer_wanted_is_left() -> None:
@@ -272,7 +274,7 @@ def test_a_gap_asks_for_recovery_with_the_last_id() -> None:
     assert [m.offset for m in feed(session, chat("r", 1))] == [1]  # type: ignore[union-attr]
     assert feed(session, chat("r", 3)) == [Gap(room="r", expected=2, got=3, repairing=True)]
     [repair] = sent(session)
-    assert repair["type"] == "join" and repair["ref"].startswith("g")
+    assert repair["type"] == "join" and repair["ref"].startswith(P + "g")
     assert (repair["room"], repair["last_id"]) == ("r", "m1")
     assert session.rooms.is_repairing("r")
     assert feed(session, chat("r", 4)) == []  # the replay brings it
@@ -295,6 +297,8 @@ def test_a_gap_asks_for_recovery_with_the_last_id() -> None:
         (1012, CloseAction.RECONNECT, 1.0),
         (1008, CloseAction.SLOW, 8.0),
         (4008, CloseAction.RECONNECT, 1.0),
+        (4100, CloseAction.RECONNECT, 1.0),
+        (4499, CloseAction.RECONNECT, 1.0),
     ],
 )
 def test_close_codes_that_reconnect(code: int, action: CloseAction, ceiling: float) -> None:
@@ -315,7 +319,16 @@ def test_close_codes_that_reconnect(code: int, action: CloseAction, ceiling: flo
 
 
 @pytest.mark.parametrize(
-    ("code", "status"), [(1000, None), (1002, None), (4001, None), (1006, 403)]
+    ("code", "status"),
+    [
+        (1000, None),
+        (1002, None),
+        (4001, None),
+        (4500, None),
+        (4503, None),
+        (4999, None),
+        (1006, 403),
+    ],
 )
 def test_close_codes_that_stop(code: int, status: int | None) -> None:
     session = make()

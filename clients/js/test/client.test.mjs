@@ -122,7 +122,7 @@ describe('client against roomcast serve', { skip: NO_WEBSOCKET ?? false }, () =>
     const fourth = freshRoom('d');
     await assert.rejects(client.join(fourth), (err) => {
       assert.equal(err.code, 'forbidden_room');
-      assert.match(err.ref, /^j\d+$/);
+      assert.match(err.ref, /^[\w-]{12}\.j\d+$/); // the client's random prefix, j for join
       return true;
     });
     assert.deepEqual(client.rooms, rooms); // a refused room is not retried

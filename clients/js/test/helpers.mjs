@@ -113,20 +113,42 @@ export class Server {
     const res = await fetch(`${this.http}${path}`);
     return { status: res.status, body: await res.json() };
   }
+
+  /** POST `body` to `path` (the control API); returns {status, body}. */
+  async post(path, body) {
+    const res = await fetch(`${this.http}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    const text = await res.text();
+    let parsed;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      parsed = text;
+    }
+    return { status: res.status, body: parsed };
+  }
 }
 
 /**
  * A TCP proxy in front of a server: drop() cuts every connection (the client
  * sees an abnormal closure, 1006), `stall = true` stops forwarding bytes while
  * keeping the sockets open (a dead connection), `refuse = true` closes new
- * connections at once.
+ * connections at once, `cutNextUpload = true` forwards the next bytes a client
+ * sends, then cuts the client's side at once, so that no reply reaches it, while
+ * the server's side stays open (the server handles what it got) until release().
  */
 export class Proxy {
   constructor(targetPort) {
     this.targetPort = targetPort;
     this.sockets = new Set();
+    this.held = new Set();
     this.stall = false;
     this.refuse = false;
+    this.cutNextUpload = false;
+    this.cuts = 0;
     this.accepted = 0;
   }
 
@@ -155,13 +177,23 @@ export class Proxy {
     ]) {
       this.sockets.add(a);
       a.on('data', (chunk) => {
-        if (!this.stall) b.write(chunk);
+        if (this.stall || b.destroyed) return;
+        b.write(chunk);
+        if (a === down && this.cutNextUpload) {
+          this.cutNextUpload = false;
+          this.cuts += 1;
+          this.held.add(up); // the server's side stays open...
+          this.sockets.delete(up);
+          down.destroy(); // ...the client's goes before any reply
+        }
       });
       a.on('close', () => {
         this.sockets.delete(a);
-        b.destroy();
+        if (!this.held.has(b)) b.destroy();
       });
-      a.on('error', () => b.destroy());
+      a.on('error', () => {
+        if (!this.held.has(b)) b.destroy();
+      });
     }
   }
 
@@ -170,8 +202,15 @@ export class Proxy {
     this.sockets.clear();
   }
 
+  /** Close the server's side of the connections cut by `cutNextUpload`. */
+  release() {
+    for (const s of this.held) s.destroy();
+    this.held.clear();
+  }
+
   async close() {
     this.drop();
+    this.release();
     await new Promise((resolve) => this.server.close(resolve));
   }
 }
@@ -235,4 +274,81 @@ export async function eventually(check, timeout = 5000 * MS, interval = 20) {
 /** A unique room name. */
 export function freshRoom(prefix = 'room') {
   return `${prefix}-${Math.random().toString(16).slice(2, 10)}`;
+}
+
+/**
+ * An in-memory stand-in for the WebSocket class, passed as the client's `WebSocket`
+ * option, with which a unit test plays the server: `FakeSocket.next()` resolves
+ * with the next socket the client opens; `open()`, `receive(obj)` and
+ * `serverClose(code, reason)` drive it; `sent` holds what the client sent, decoded.
+ * No network is involved.
+ */
+export class FakeSocket {
+  static #waiting = [];
+  static #made = [];
+
+  constructor(url) {
+    this.url = String(url);
+    this.readyState = 0;
+    this.sent = [];
+    this.closedWith = null;
+    this.onopen = this.onmessage = this.onclose = this.onerror = null;
+    const waiter = FakeSocket.#waiting.shift();
+    if (waiter) waiter(this);
+    else FakeSocket.#made.push(this);
+  }
+
+  /** The next socket a client opens (one already opened and not taken yet, first). */
+  static next(timeout = 2000) {
+    const made = FakeSocket.#made.shift();
+    if (made) return Promise.resolve(made);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no socket opened')), timeout);
+      FakeSocket.#waiting.push((ws) => {
+        clearTimeout(timer);
+        resolve(ws);
+      });
+    });
+  }
+
+  static reset() {
+    FakeSocket.#waiting = [];
+    FakeSocket.#made = [];
+  }
+
+  send(text) {
+    if (this.readyState !== 1) throw new Error('not open');
+    this.sent.push(JSON.parse(text));
+  }
+
+  close(code, reason) {
+    this.closedWith = { code, reason };
+    this.readyState = 3;
+  }
+
+  open() {
+    this.readyState = 1;
+    this.onopen?.();
+  }
+
+  receive(obj) {
+    this.onmessage?.({ data: JSON.stringify(obj) });
+  }
+
+  serverClose(code, reason = '') {
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+
+  /** Open, and welcome the client into `rooms` (the URL's room, if any). */
+  welcome(rooms = [], extra = {}) {
+    this.open();
+    const data = { event: 'welcome', connection_id: 'c1', user_id: 'u1', rooms, recovered: false, epoch: 'e1', offset: 0 };
+    this.receive({ type: 'system', data: { ...data, ...extra } });
+  }
+
+  /** What the client sent of `type`, in order. */
+  of(type) {
+    return this.sent.filter((m) => m.type === type);
+  }
 }

@@ -5,6 +5,7 @@ import { describe, it } from 'node:test';
 
 import {
   CloseAction,
+  RECONNECT_CODES_BELOW,
   RoomcastClient,
   backoffCeiling,
   backoffDelay,
@@ -61,10 +62,24 @@ describe('closeAction', () => {
       4000: 'reconnect',
       4001: 'stop',
       4008: 'reconnect',
+      4100: 'reconnect', // disconnected by the server: come back
+      4321: 'reconnect',
+      4499: 'reconnect',
+      4500: 'stop', // disconnected for good
+      4503: 'stop', // the connect-URL room was refused
+      4599: 'stop',
+      4999: 'stop',
+      5000: 'reconnect',
     };
     for (const [code, action] of Object.entries(table)) {
       assert.equal(closeAction(Number(code)), action, `close code ${code}`);
     }
+  });
+
+  it('stops from RECONNECT_CODES_BELOW to 4999, whatever the token', () => {
+    assert.equal(RECONNECT_CODES_BELOW, 4500);
+    assert.equal(closeAction(RECONNECT_CODES_BELOW - 1), CloseAction.RECONNECT);
+    assert.equal(closeAction(RECONNECT_CODES_BELOW, { canRefreshToken: true }), CloseAction.STOP);
   });
 
   it('refreshes the token on 4001 only when it can', () => {

@@ -9,12 +9,16 @@ random source are injected:
   each, gaps, what to ask for on reconnecting;
 - :mod:`roomcast.client.connector`: the attempts, the token and the URL of the
   next connection;
-- :mod:`roomcast.client.session`: the state machine: server frames and the user's
-  requests in, frames and events (:mod:`roomcast.client.replies`) out.
+- :mod:`roomcast.client.publishing`: the publications waiting for their ack,
+  resent under the same ref after a lost connection;
+- :mod:`roomcast.client.session`: server frames and the user's requests in,
+  frames and events (:mod:`roomcast.client.replies`) out, over the connection
+  state machine of :mod:`roomcast.client.lifecycle`.
 
 The asyncio layer: :mod:`roomcast.client.client` (:class:`Client`,
-:func:`connect`), :mod:`roomcast.client.link` (one WebSocket connection and its
-tasks) and :mod:`roomcast.client.pending` (what callers wait for, with timeouts).
+:func:`connect`) on :mod:`roomcast.client.loop` (the reconnection loop, events to
+callbacks and futures), :mod:`roomcast.client.link` (one WebSocket connection and
+its tasks) and :mod:`roomcast.client.pending` (what callers wait for, with timeouts).
 The exceptions live in :mod:`roomcast.errors`, under :class:`~roomcast.RoomcastError`.
 """
 
@@ -27,7 +31,8 @@ from roomcast.client.policy import (
     jwt_expiry,
     status_action,
 )
-from roomcast.client.rooms import Gap, RoomState, RoomStatus
+from roomcast.client.publishing import Published
+from roomcast.client.rooms import Gap, RoomLeft, RoomState, RoomStatus
 from roomcast.client.session import State, StateChange
 from roomcast.errors import (
     ClientClosed,
@@ -46,7 +51,9 @@ __all__ = [
     "Gap",
     "InvalidArgument",
     "NotConnected",
+    "Published",
     "ReplyError",
+    "RoomLeft",
     "RoomState",
     "RoomStatus",
     "State",

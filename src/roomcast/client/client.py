@@ -6,58 +6,49 @@
 
     async with connect("ws://localhost:8000/ws", rooms=["general"]) as client:
         await client.send("general", {"text": "hello"})
+        published = await client.publish("general", {"text": "stored?"})  # waits for the ack
         async for message in client:          # roomcast.Message objects
             print(message.room, message.from_, message.data)
 
 The client reconnects with backoff, rejoins its rooms recovering what it missed
 (``last_id``), repairs an offset gap in place, replaces a dead connection and
-refreshes its token (``docs/clients.md`` has the rules). This module is the I/O
-half: the session (:mod:`roomcast.client.session`) decides; :class:`Client` moves
-its frames over a :class:`~roomcast.client.link.Link`, runs the reconnection
-loop, and turns its events into callbacks and resolved futures. Its exceptions
-are in :mod:`roomcast.errors`; ``websockets`` exceptions never escape.
+refreshes its token (``docs/clients.md`` has the rules); ``publish()`` resends a
+message whose ack was lost with the connection, under the same ref, which the
+server does not publish twice. This module is the public face of the I/O half:
+the session (:mod:`roomcast.client.session`) decides; the connection loop
+(:mod:`roomcast.client.loop`), which :class:`Client` is built on, moves its frames
+over a :class:`~roomcast.client.link.Link` and turns its events into callbacks
+and resolved futures. Its exceptions are in :mod:`roomcast.errors`;
+``websockets`` exceptions never escape.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import random as _random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from roomcast.client.connector import Connector
-from roomcast.client.link import Ended, Inbox, Link, fetch_token, open_link
-from roomcast.client.pending import Pending
-from roomcast.client.replies import JoinRefused, ReconnectNeeded, RefreshRefused, RequestDone
-from roomcast.client.rooms import Gap, RoomState, RoomStatus
-from roomcast.client.session import ABNORMAL_CLOSURE, Session, State, StateChange
-from roomcast.errors import ClientClosed, ClientError, NotConnected, TokenUnavailable
+from roomcast.client.loop import ConnectionLoop
+from roomcast.client.publishing import Published
+from roomcast.client.rooms import Gap, RoomLeft, RoomState, RoomStatus
+from roomcast.client.session import Session, State, StateChange
+from roomcast.errors import ClientClosed, ClientError
 from roomcast.protocol import Message
 
 __all__ = ["Client", "connect"]
 
-_log = logging.getLogger("roomcast.client")
 
-
-def _call(callback: Callable[[Any], object] | None, arg: object) -> None:
-    if callback is None:
-        return
-    try:
-        callback(arg)
-    except Exception:
-        _log.exception("client callback %r failed", callback)
-
-
-class Client:
+class Client(ConnectionLoop):
     """A roomcast connection that reconnects, rejoins, recovers and refreshes its token.
 
     Use it through :func:`connect` (``async with connect(url, …) as client``);
     iterate over it for messages (:class:`roomcast.Message`: chat, notification,
     application ``system`` messages, presence and errors, in order; the replies
-    to join and leave and the pongs are consumed by the client).
+    to join and leave, the acks of :meth:`publish` and the pongs are consumed by
+    the client).
 
     Args:
         url: the WebSocket endpoint, e.g. ``wss://example.com/ws``; the first room
@@ -77,7 +68,7 @@ class Client:
         ping_interval, ping_timeout: an application ping every ``ping_interval``
             seconds (0: none); no pong within ``ping_timeout``: the connection is dead.
         request_timeout: seconds join(), leave() and ping() wait for the reply while
-            connected.
+            connected, and publish() for its ack (connected or not), unless told.
         open_timeout: seconds for the handshake and the welcome.
         gap_timeout: seconds an in-place gap repair may take before the client
             reconnects instead.
@@ -90,7 +81,10 @@ class Client:
         headers: extra HTTP headers for the handshake (e.g. ``Origin``).
         token_in_query: send the token as ``?token=`` instead of a header.
         on_state, on_join, on_gap: called with each :class:`StateChange`, with the
-            :class:`RoomStatus` of each (re)join, with each :class:`Gap` detected.
+            :class:`RoomStatus` of each (re)join (``server`` True when the server
+            joined the client on its own), with each :class:`Gap` detected.
+        on_leave: called with a :class:`RoomLeft` when the server confirms a
+            ``leave()``, or takes the client out of a room on its own (``server``).
         on_error: called with client-side failures (:class:`TokenUnavailable`,
             :class:`ReplyError` for a refused token refresh).
 
@@ -128,6 +122,7 @@ class Client:
         # Callbacks
         on_state: Callable[[StateChange], object] | None = None,
         on_join: Callable[[RoomStatus], object] | None = None,
+        on_leave: Callable[[RoomLeft], object] | None = None,
         on_gap: Callable[[Gap], object] | None = None,
         on_error: Callable[[Exception], object] | None = None,
     ) -> None:
@@ -145,27 +140,23 @@ class Client:
             random=random,
             clock=clock,
         )
-        self._session = Session(connector, rooms=rooms)
-        self.url = url
-        self._get_token = get_token
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.request_timeout = request_timeout
-        self.open_timeout = open_timeout
-        self.gap_timeout = gap_timeout
-        self.max_queue = max_queue
-        self.max_size = max_size
-        self.on_state = on_state
-        self.on_join = on_join
-        self.on_gap = on_gap
-        self.on_error = on_error
-
-        self._link: Link | None = None
-        self._inbox = Inbox(max_queue)
-        self._pending = Pending()
-        self._wakeup = asyncio.Event()
-        self._connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(
+            Session(connector, rooms=rooms),
+            url=url,
+            get_token=get_token,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            request_timeout=request_timeout,
+            open_timeout=open_timeout,
+            gap_timeout=gap_timeout,
+            max_queue=max_queue,
+            max_size=max_size,
+            on_state=on_state,
+            on_join=on_join,
+            on_leave=on_leave,
+            on_gap=on_gap,
+            on_error=on_error,
+        )
 
     # -- public state -------------------------------------------------------------------
 
@@ -176,7 +167,8 @@ class Client:
 
     @property
     def rooms(self) -> list[str]:
-        """The rooms the client wants to be in (joined now, or once connected)."""
+        """The rooms the client wants to be in (joined now, or once connected), those the
+        server joined it to included."""
         return self._session.rooms.names
 
     @property
@@ -215,10 +207,7 @@ class Client:
         """
         if self._session.closed is not None:
             raise self._session.closed
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"roomcast-client-{self.url}"
-            )
+        self._start_loop()
         if wait:
             await self.wait_connected()
 
@@ -266,10 +255,7 @@ class Client:
         Raises:
             ClientClosed: the client is closed.
         """
-        self._session.request_reconnect()
-        self._wakeup.set()
-        if self._link is not None:
-            self._link.spawn(self._link.close(4000, "reconnecting"))
+        self._restart()
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
@@ -292,10 +278,13 @@ class Client:
     # -- requests -----------------------------------------------------------------------
 
     async def send(self, room: str, data: Any, *, ref: str | None = None) -> None:
-        """Send a chat message to ``room`` (which the client has joined).
+        """Send a chat message to ``room`` (which the client has joined), and forget it.
 
-        The server echoes it to every member, this client included; an error about it
-        (``not_member``, ``rate_limited``) arrives as an ``error`` message with ``ref``.
+        The server echoes it to every member, this client included. With ``ref``, an
+        error about it (``not_member``, ``rate_limited``, ...) arrives as an ``error``
+        message with ``ref``, and so does its ack, a ``system`` message with event
+        ``published``. To wait for the ack, and have the message resent after a lost
+        connection, use :meth:`publish`.
 
         Raises:
             NotConnected: the connection is down (nothing is queued or resent).
@@ -303,6 +292,48 @@ class Client:
         """
         self._session.send_chat(room, data, ref=ref)
         await self._flush()
+
+    async def publish(
+        self,
+        room: str,
+        data: Any,
+        *,
+        # The bound of the retries, not only of a wait: the client's own deadline.
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Published:
+        """Publish a chat message to ``room`` and wait for the server's ack.
+
+        The message carries a fresh ``ref`` and is sent once connected and in
+        ``room``. If the connection drops before the ack, it is sent again, with the
+        same ref, once the client has reconnected and rejoined ``room``: the server
+        answers a ref the same user repeats in a room with the first message's id
+        and offset, and does not publish it twice (while the room retains it, and
+        for an authenticated user: an anonymous one is a new user on every
+        connection). The echo to this client is an ordinary message, as with
+        :meth:`send`; the ack is not.
+
+        Args:
+            room: the room (one the client is in, or the server refuses).
+            data: the message's ``data``, anything JSON can encode.
+            timeout: seconds to wait for the ack, over as many connections as it takes
+                (default: ``request_timeout``).
+
+        Returns:
+            The ack: ``Published(room, id, offset)``.
+
+        Raises:
+            InvalidArgument: ``room`` is not a valid room name (also a ValueError).
+            TypeError: ``data`` cannot be encoded as JSON.
+            ReplyError: the server refused it, and did not publish it
+                (``forbidden_publish``, ``not_member``, ``rate_limited``,
+                ``unavailable``, ...).
+            TimeoutError: no ack in time; it may have been published or not, and it
+                is not sent again.
+            ClientClosed: the client closed (or was closed) before the ack.
+        """
+        ref = self._session.publish(room, data)
+        seconds = self.request_timeout if timeout is None else timeout
+        return await self._pending.publication(ref, seconds, self._flush, self._session.forget)
 
     async def join(self, room: str) -> RoomStatus:
         """Join ``room``; it is rejoined after every reconnection until :meth:`leave`.
@@ -355,137 +386,6 @@ class Client:
         async with asyncio.timeout(self.request_timeout):
             await self._pong()
         return time.monotonic() - started
-
-    # -- the connection loop ------------------------------------------------------------
-
-    async def _run(self) -> None:
-        session = self._session
-        try:
-            while not session.closing:
-                session.connecting()
-                self._dispatch()
-                ended = await self._connect_once()
-                if session.closing:
-                    return
-                change = session.connection_closed(ended.code, ended.reason, status=ended.status)
-                if session.closed is not None:
-                    self._finish(session.closed)
-                    return
-                self._dispatch()
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), change.delay or 0.0)
-        except Exception as exc:
-            _log.exception("roomcast client failed")
-            closed = ClientClosed(ABNORMAL_CLOSURE, f"client failed: {exc}")
-            if session.terminate(closed):
-                self._finish(closed)
-
-    async def _connect_once(self) -> Ended:
-        session = self._session
-        if session.connector.token_needed():
-            try:
-                session.connector.set_token(await fetch_token(self._get_token))
-            except TokenUnavailable as exc:
-                _call(self.on_error, exc)
-                return Ended(ABNORMAL_CLOSURE, str(exc))
-        handshake = session.handshake()
-        ws = await open_link(handshake, open_timeout=self.open_timeout, max_size=self.max_size)
-        if isinstance(ws, Ended):
-            return ws
-        link = Link(
-            ws,
-            session,
-            handle=lambda obj: self._handle(obj),  # looked up per frame: tests wrap it
-            inbox=self._inbox,
-            ping=self._pong,
-            get_token=self._get_token,
-            report=lambda exc: _call(self.on_error, exc),
-            open_timeout=self.open_timeout,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
-        )
-        if session.closing:
-            await link.close(1000, "client closed")
-            return Ended(1000, "client closed")
-        self._link = link
-        try:
-            return await link.run()
-        finally:
-            self._link = None
-            self._pending.disconnected()
-            session.connection_lost()
-            self._dispatch()
-            await link.close()
-
-    def _finish(self, closed: ClientClosed) -> None:
-        """The session terminated: fail what waits, end the iterator, report CLOSED."""
-        self._pending.fail_all(closed)
-        self._inbox.end()
-        self._dispatch()
-        self._connected.set()
-
-    # -- frames and events --------------------------------------------------------------
-
-    def _handle(self, obj: dict[str, Any]) -> Message | None:
-        """Handle one decoded server message; return it if it is for the application.
-
-        The connection's reader calls this for every frame; tests call it (or wrap
-        it) to feed messages, such as one with a skipped offset.
-        """
-        self._session.receive_message(obj)
-        message = self._dispatch()
-        frames = self._session.data_to_send()
-        if frames and self._link is not None:  # the reader never waits on a full buffer
-            self._link.spawn(self._link.send(frames))
-        return message
-
-    def _dispatch(self) -> Message | None:
-        """Act on the session's events; return the message for the application, if any."""
-        message = None
-        for event in self._session.events_received():
-            match event:
-                case Message():
-                    message = event
-                case StateChange():
-                    _call(self.on_state, event)
-                    if event.state is State.CONNECTED:
-                        self._connected.set()
-                        self._pending.connected()
-                case RoomStatus():
-                    self._pending.joined(event)
-                    _call(self.on_join, event)
-                case Gap():
-                    _call(self.on_gap, event)
-                    if event.repairing:
-                        self._pending.repairing(event.room, self.gap_timeout, self._overdue)
-                case RequestDone(ref=ref, error=error):
-                    self._pending.done(ref, error)
-                case JoinRefused(room=room, error=refusal):
-                    self._pending.fail(room, refusal)
-                case RefreshRefused(error=refusal):
-                    _call(self.on_error, refusal)
-                case ReconnectNeeded():
-                    with contextlib.suppress(ClientClosed):
-                        self.reconnect()
-        return message
-
-    async def _flush(self) -> None:
-        """Send what the caller's request queued (and anything queued before it)."""
-        frames = self._session.data_to_send()
-        if frames:
-            if self._link is None:
-                raise NotConnected("not connected")
-            await self._link.send(frames)
-
-    def _overdue(self, room: str) -> None:
-        """A gap repair took longer than ``gap_timeout``: reconnecting recovers instead."""
-        if self._session.rooms.is_repairing(room) and not self._session.closing:
-            self.reconnect()
-
-    async def _pong(self) -> None:
-        """Send a ping and wait for its pong (no timeout: the caller keeps time)."""
-        await self._pending.reply(self._session.ping(), self._flush, self._session.forget)
 
 
 def connect(url: str, **options: Any) -> Client:

@@ -1,11 +1,12 @@
 """What the asyncio client's callers wait for, and for how long.
 
 ``join()`` waits for a room's outcome (every call for the room gets the same
-one), ``leave()`` and ``ping()`` for the reply to their ``ref``, and an in-place
-gap repair for its ``joined``. The timeouts of joins and repairs run only while
-connected: a join made while disconnected waits for the next connection, and its
-clock starts there. :class:`Pending` holds the futures and timers; the session
-decides what resolves them.
+one), ``leave()`` and ``ping()`` for the reply to their ``ref``, ``publish()`` for
+its ack, and an in-place gap repair for its ``joined``. The timeouts of joins and
+repairs run only while connected: a join made while disconnected waits for the
+next connection, and its clock starts there. A publication's runs from the call,
+connected or not: it is resent on every connection until then. :class:`Pending`
+holds the futures and timers; the session decides what resolves them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
 
+from roomcast.client.publishing import Published
 from roomcast.client.rooms import RoomStatus
 from roomcast.errors import ClientError, NotConnected
 
@@ -34,6 +36,7 @@ class Pending:
     def __init__(self) -> None:
         self._joins: dict[str, list[_Waiter]] = {}
         self._replies: dict[str, asyncio.Future[None]] = {}
+        self._publications: dict[str, asyncio.Future[Published]] = {}
         self._repairs: dict[str, asyncio.TimerHandle] = {}
 
     # -- joins ----------------------------------------------------------------------------
@@ -82,10 +85,12 @@ class Pending:
                 waiter.future.set_exception(error)
 
     def fail_all(self, error: ClientError) -> None:
-        """Every join() raises ``error``: the client closed."""
+        """Every join() and publish() raises ``error``: the client closed."""
         self.disconnected()
         for room in list(self._joins):
             self.fail(room, error)
+        for ref in list(self._publications):
+            self.published(ref, None, error)
 
     # -- replies --------------------------------------------------------------------------
 
@@ -119,6 +124,54 @@ class Pending:
             future.set_result(None)
         else:
             future.set_exception(error)
+
+    # -- publications ---------------------------------------------------------------------
+
+    async def publication(
+        self,
+        ref: str,
+        seconds: float,
+        send: Callable[[], Awaitable[None]],
+        forget: Callable[[str], None],
+    ) -> Published:
+        """Send the publication ``ref`` if it can go now (``send``), then wait up to
+        ``seconds`` for :meth:`published`; ``forget(ref)`` at the end, however it ends.
+
+        A connection lost meanwhile (even while sending) does not end the wait: the
+        session sends it again on the next one.
+
+        Raises:
+            TimeoutError: no answer within ``seconds``.
+            ClientError: the server refused (ReplyError), or the client closed.
+        """
+        future: asyncio.Future[Published] = asyncio.get_running_loop().create_future()
+        self._publications[ref] = future
+        try:
+            with contextlib.suppress(NotConnected):
+                await send()
+            try:
+                async with asyncio.timeout(seconds):
+                    return await future
+            except TimeoutError:
+                if future.done():
+                    raise
+                raise TimeoutError(f"no ack for {ref} within {seconds} s") from None
+        finally:
+            del self._publications[ref]
+            forget(ref)
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved, even when nobody awaits it any more
+
+    def published(self, ref: str, published: Published | None, error: ClientError | None) -> None:
+        """The publication ``ref`` is over: its waiter returns ``published``, or raises
+        ``error``."""
+        future = self._publications.get(ref)
+        if future is None or future.done():
+            return
+        if published is not None:
+            future.set_result(published)
+        else:
+            future.set_exception(error or ClientError(f"no ack for {ref}"))
 
     # -- the connection -------------------------------------------------------------------
 

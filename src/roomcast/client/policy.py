@@ -15,6 +15,8 @@ import logging
 import random as _random
 from collections.abc import Callable
 
+from roomcast.errors import RECONNECT_CODES_BELOW
+
 __all__ = [
     "CloseAction",
     "backoff_ceiling",
@@ -89,9 +91,13 @@ def close_action(code: int, *, can_refresh_token: bool = False) -> CloseAction:
     1000 (the server ended the session on purpose), 1002, 1003 and 1007 (the
     client broke the protocol; the same client would again) stop; 4001 (token
     expired) refreshes the token if ``can_refresh_token``, else stops; 1008
-    (rate-limit abuse) reconnects slowly; every other code — 1001, 1006 (no close
-    frame), 1009 (the oversized message is not resent), 1011, 1012, 1013, 4008,
-    unknown ones — reconnects with backoff.
+    (rate-limit abuse) reconnects slowly; the server's codes from
+    :data:`~roomcast.errors.RECONNECT_CODES_BELOW` (4500) to 4999 (4500: disconnected
+    for good, 4503: the connect-URL room was refused, and any other the
+    application picks) stop; every other code — 1001, 1006 (no close frame), 1009
+    (the oversized message is not resent), 1011, 1012, 1013, 4008, 4100
+    (disconnected by the server), the rest of 4000-4499, unknown ones —
+    reconnects with backoff.
     """
     if code in (1000, 1002, 1003, 1007):
         return CloseAction.STOP
@@ -99,6 +105,8 @@ def close_action(code: int, *, can_refresh_token: bool = False) -> CloseAction:
         return CloseAction.SLOW
     if code == 4001:
         return CloseAction.REFRESH if can_refresh_token else CloseAction.STOP
+    if RECONNECT_CODES_BELOW <= code <= 4999:
+        return CloseAction.STOP
     return CloseAction.RECONNECT
 
 

@@ -6,7 +6,10 @@ of the last retained message (``last_id``). :class:`RoomTracker` builds the
 ``join`` messages (and names the room that goes in the URL), judges each
 retained message against the offsets (deliver, drop a duplicate, or report a
 :class:`Gap`), and turns the server's ``joined`` replies into
-:class:`RoomStatus` outcomes. It sends nothing itself: the session does.
+:class:`RoomStatus` outcomes. The server may also put the client in a room, or
+take it out, on its own (a server-side subscription: a ``joined`` or ``left``
+without ``ref``, with ``"server": true``); such a room is wanted, or dropped,
+like one the user asked for. It sends nothing itself: the session does.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 from roomcast.errors import InvalidArgument
 from roomcast.protocol import is_valid_room
 
-__all__ = ["Gap", "RoomState", "RoomStatus", "RoomTracker", "Tracked", "check_room"]
+__all__ = ["Gap", "RoomLeft", "RoomState", "RoomStatus", "RoomTracker", "Tracked", "check_room"]
 
 _ROOM_RULE = "use 1-128 of A-Z a-z 0-9 _ - . : @"
 
@@ -48,6 +51,9 @@ class RoomStatus:
         epoch: the name of the room's history.
         offset: the room's position after the replay.
         last_id: the ``last_id`` the client sent (None on a first join).
+        server: the server put the client in the room on its own (a server-side
+            subscription: the token's ``channels``, or the control API); it is a
+            room of the client's from now on, rejoined after reconnecting.
     """
 
     room: str
@@ -57,6 +63,24 @@ class RoomStatus:
     epoch: str | None
     offset: int | None
     last_id: str | None
+    server: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RoomLeft:
+    """The client is no longer in ``room``, passed to ``on_leave``.
+
+    Attributes:
+        room: the room.
+        server: the server took the client out on its own (control API); the room
+            is dropped and not rejoined after reconnecting. False: the server
+            confirmed the client's own ``leave()``.
+        reason: the server's reason, if it gave one.
+    """
+
+    room: str
+    server: bool
+    reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,6 +199,11 @@ class RoomTracker:
         r = self._rooms.pop(room, None)
         return r is not None and (r.joined or r.join_ref is not None or r.repairing)
 
+    def joining(self, room: str) -> bool:
+        """Whether a join of ``room`` (or a gap repair) is in flight on this connection."""
+        r = self._rooms.get(room)
+        return r is not None and r.join_ref is not None
+
     def is_repairing(self, room: str) -> bool:
         """Whether ``room`` is being repaired in place (see :meth:`repair`)."""
         r = self._rooms.get(room)
@@ -228,9 +257,16 @@ class RoomTracker:
     # -- what the server said -----------------------------------------------------------
 
     def joined(
-        self, room: str, *, recovered: bool, epoch: str | None, offset: int | None
+        self,
+        room: str,
+        *,
+        recovered: bool,
+        epoch: str | None,
+        offset: int | None,
+        server: bool = False,
     ) -> RoomStatus | None:
-        """Record the server's ``joined`` (or the welcome for the URL's room).
+        """Record the server's ``joined`` (or the welcome for the URL's room); ``server``
+        when the server joined the client on its own (:meth:`want` the room first).
 
         Returns the outcome, or None if ``room`` is not wanted (any more): then the
         client should leave it.
@@ -256,6 +292,7 @@ class RoomTracker:
             epoch=epoch,
             offset=offset,
             last_id=r.sent_last_id,
+            server=server,
         )
         return r.status
 

@@ -8,13 +8,21 @@
 //   client.on('message', (msg) => console.log(msg.room, msg.from, msg.data));
 //   client.on('joined', ({ room, recovered, resync }) => { if (resync) reload(room); });
 //   await client.join('random');
-//   client.send('general', { text: 'hello' });
+//   client.send('general', { text: 'hello' });                     // fire and forget
+//   const { id, offset } = await client.publish('general', { text: 'hi' }); // the server's ack
 //
-// The reconnection rules, the close-code table and the recovery behaviour are
-// documented in docs/clients.md.
+// The reconnection rules, the close-code table, the recovery behaviour and the
+// retry of publications are documented in docs/clients.md.
 
 const ROOM_RE = /^[A-Za-z0-9_\-.:@]{1,128}$/;
 const OPEN = 1;
+
+/**
+ * Server close codes from 4000 up to (not including) this one ask the client to
+ * reconnect; from this one to 4999 they ask it not to (4500: disconnected for good,
+ * 4503: the connect-URL room was refused).
+ */
+export const RECONNECT_CODES_BELOW = 4500;
 
 /** Connection states, as reported by the `state` event. */
 export const State = Object.freeze({
@@ -82,10 +90,11 @@ export function backoffCeiling(attempt, { minDelay = 1000, maxDelay = 30000 } = 
  * 1000 (normal: the server ended the session on purpose), 1002, 1003 and 1007 (the
  * client broke the protocol: retrying the same code cannot help) stop the client;
  * 4001 (token expired) refreshes the token when `canRefreshToken`, else stops;
- * 1008 (rate-limit abuse) reconnects slowly; everything else — 1001, 1005, 1006
+ * 1008 (rate-limit abuse) reconnects slowly; the server's codes from
+ * RECONNECT_CODES_BELOW (4500) to 4999 stop; everything else — 1001, 1005, 1006
  * (no close frame: network, failed handshake, dead connection), 1009 (the
- * oversized message is not resent), 1011, 1012, 1013, 4008, unknown codes —
- * reconnects with backoff.
+ * oversized message is not resent), 1011, 1012, 1013, 4008, 4100 (disconnected by
+ * the server), the rest of 4000–4499, unknown codes — reconnects with backoff.
  */
 export function closeAction(code, { canRefreshToken = false } = {}) {
   switch (code) {
@@ -99,6 +108,7 @@ export function closeAction(code, { canRefreshToken = false } = {}) {
     case 4001:
       return canRefreshToken ? CloseAction.REFRESH : CloseAction.STOP;
     default:
+      if (code >= RECONNECT_CODES_BELOW && code <= 4999) return CloseAction.STOP;
       return CloseAction.RECONNECT;
   }
 }
@@ -161,7 +171,8 @@ const DEFAULTS = Object.freeze({
  *   connection welcomed this long ago resets the backoff.
  * - `pingInterval` (20000, 0 = off), `pingTimeout` (10000): application ping; no
  *   pong in time means the connection is dead: it is dropped and replaced.
- * - `requestTimeout` (10000): how long join(), leave() and ping() wait for a reply.
+ * - `requestTimeout` (10000): how long join(), leave() and ping() wait for a reply
+ *   while connected, and publish() for its ack (connected or not), unless told.
  * - `openTimeout` (10000): how long the handshake and the welcome may take.
  * - `gapTimeout` (5000): how long an in-place gap repair may take before the
  *   client reconnects instead.
@@ -172,8 +183,15 @@ const DEFAULTS = Object.freeze({
  * - `autoConnect` (true): connect at once; otherwise call connect().
  *
  * Events (`client.on(name, fn)`): `state` (state, detail), `message` (msg),
- * `presence` (msg), `joined` (info), `left` ({room}), `gap` (info),
+ * `presence` (msg), `joined` (info; `server: true` when the server joined the
+ * client to the room on its own), `left` ({room, server, reason}), `gap` (info),
  * `refreshed` ({userId, expiresAt}), `error` (RoomcastError).
+ *
+ * Refs: every ref the client makes is a random per-client prefix, a letter for what
+ * it asks (j join, g gap repair, l leave, p ping, a auth, m publication) and a
+ * counter, so that replies to the application's own refs (`send(..., {ref})`) are
+ * never taken for the client's, and publications of two clients of the same user
+ * never share a ref (the server takes a repeated ref for a retry).
  */
 export class RoomcastClient {
   #url;
@@ -195,7 +213,9 @@ export class RoomcastClient {
   #connectionId = null;
   #userId = null;
   #seq = 0;
+  #refPrefix = randomPrefix();
   #pending = new Map(); // ref -> {kind, room, resolve, reject, timer, sent}
+  #publications = new Map(); // ref -> {room, frame, sent, resolve, reject, timer}, in order
   #timers = { reconnect: null, open: null, ping: null, pong: null, stable: null, refresh: null };
   #autoPingRef = null;
 
@@ -229,7 +249,7 @@ export class RoomcastClient {
     return this.#state;
   }
 
-  /** The rooms the client wants to be in (joined now, or once connected). */
+  /** The rooms the client wants to be in (joined now, or once connected), those the server joined it to included. */
   get rooms() {
     return [...this.#rooms.keys()];
   }
@@ -499,6 +519,8 @@ export class RoomcastClient {
         w.timer = null;
       }
     }
+    // Publications are sent again, with the same ref, on the next connection.
+    for (const p of this.#publications.values()) p.sent = false;
     // Leaves are done (the room is forgotten); pings are answered on this connection or never.
     for (const [ref, p] of [...this.#pending]) {
       if (p.kind === 'ping') {
@@ -549,6 +571,7 @@ export class RoomcastClient {
     this.#rooms.delete(room);
     clearTimeout(r.gapTimer);
     this.#rejectRoomWaiters(room, new RoomcastError(`left ${room} before it was joined`, { code: 'left' }));
+    this.#sendDue(); // its publications waiting for the join: the server answers them
     if (!this.#isConnected() || !(r.joined || r.joinRef !== null || r.repairing)) return Promise.resolve();
     return this.#request('leave', { type: 'leave', room }, room).then(() => undefined);
   }
@@ -565,6 +588,67 @@ export class RoomcastClient {
     const msg = { type: 'chat', room, data };
     if (ref !== undefined) msg.ref = ref;
     this.#sendRaw(msg);
+  }
+
+  /**
+   * Publish a chat message to `room` and wait for the server's ack: resolves with
+   * `{room, id, offset}` (`offset` null when the room retains no messages).
+   *
+   * The message carries a fresh ref and is sent once connected and in `room`. If
+   * the connection drops before the ack, it is sent again, with the same ref, once
+   * the client has reconnected and rejoined the room: the server answers a ref the
+   * same user repeats in a room with the first message's id and offset instead of
+   * publishing it twice (while the room retains it; an anonymous client is a new
+   * user on every connection). Rejects with a RoomcastError whose `code` is the
+   * server's (`forbidden_publish`, `not_member`, `rate_limited`, `unavailable`, …:
+   * not published), `timeout` (no ack within `timeout` ms, default `requestTimeout`,
+   * connected or not: it may have been published or not, and is not sent again),
+   * `closed`, or `invalid_room`; with a TypeError if `data` is not JSON.
+   */
+  publish(room, data, { timeout } = {}) {
+    if (this.#closed) return Promise.reject(new RoomcastError('client is closed', { code: 'closed' }));
+    if (!isValidRoom(room)) {
+      return Promise.reject(new RoomcastError(`invalid room name ${JSON.stringify(room)}`, { code: 'invalid_room' }));
+    }
+    const ref = this.#nextRef('m');
+    let frame;
+    try {
+      frame = JSON.stringify({ type: 'chat', room, data, ref });
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return new Promise((resolve, reject) => {
+      const ms = timeout ?? this.#opts.requestTimeout;
+      const p = { room, frame, sent: false, resolve, reject, timer: null };
+      p.timer = setTimeout(() => {
+        this.#publications.delete(ref);
+        reject(new RoomcastError(`no ack for ${ref} within ${ms} ms`, { code: 'timeout', ref }));
+      }, ms);
+      this.#publications.set(ref, p);
+      this.#sendDue();
+    });
+  }
+
+  // Send the publications due on this connection: those of joined rooms, and at once
+  // those of rooms the client is not in (the server answers, not_member most likely).
+  #sendDue() {
+    if (!this.#isConnected()) return;
+    for (const p of this.#publications.values()) {
+      if (p.sent) continue;
+      const r = this.#rooms.get(p.room);
+      if (r && !r.joined) continue;
+      p.sent = true;
+      this.#ws.send(p.frame);
+    }
+  }
+
+  #settlePublication(ref, error, value) {
+    const p = this.#publications.get(ref);
+    if (!p) return;
+    this.#publications.delete(ref);
+    clearTimeout(p.timer);
+    if (error) p.reject(error);
+    else p.resolve(value);
   }
 
   /**
@@ -593,9 +677,16 @@ export class RoomcastClient {
     this.#ws.send(JSON.stringify(msg));
   }
 
-  #nextRef(prefix) {
+  #nextRef(kind) {
     this.#seq += 1;
-    return `${prefix}${this.#seq}`;
+    return `${this.#refPrefix}${kind}${this.#seq}`;
+  }
+
+  // The letter of a ref this client made (what it asked for), or null.
+  #refKind(ref) {
+    const prefix = this.#refPrefix;
+    if (typeof ref !== 'string' || !ref.startsWith(prefix) || ref.length <= prefix.length) return null;
+    return ref[prefix.length];
   }
 
   #request(kind, msg, room) {
@@ -650,6 +741,7 @@ export class RoomcastClient {
 
   #rejectAll(err) {
     for (const ref of [...this.#pending.keys()]) this.#settle(ref, err);
+    for (const ref of [...this.#publications.keys()]) this.#settlePublication(ref, err);
     for (const r of this.#rooms.values()) {
       const waiters = r.waiters;
       r.waiters = [];
@@ -683,13 +775,22 @@ export class RoomcastClient {
         this.#onWelcome(data);
         return;
       }
+      // A joined or left with `server: true` and no ref is the server's own doing.
+      const byServer = data.server === true && data.ref == null;
       if (data.event === 'joined' && typeof data.room === 'string') {
-        this.#onJoined(data.room, data);
+        if (byServer) this.#onServerJoined(data.room, data);
+        else this.#onJoined(data.room, data);
         return;
       }
       if (data.event === 'left' && typeof data.room === 'string') {
-        this.#onLeft(data.room, data);
+        this.#onLeft(data.room, data, byServer);
         return;
+      }
+      if (data.event === 'published' && this.#refKind(data.ref) === 'm') {
+        const offset = typeof data.offset === 'number' ? data.offset : null;
+        const room = typeof data.room === 'string' ? data.room : (this.#publications.get(data.ref)?.room ?? null);
+        this.#settlePublication(data.ref, null, { room, id: data.id ?? null, offset });
+        return; // the ack of a publication: consumed (the application's own refs' are not)
       }
       if (data.event === 'refreshed') {
         this.#emit('refreshed', { userId: data.user_id ?? null, expiresAt: data.expires_at ?? null });
@@ -736,9 +837,22 @@ export class RoomcastClient {
         if (w.timer === null) w.timer = this.#requestTimer(w, `join ${r.name}`);
       }
     }
+    this.#sendDue();
   }
 
-  #onJoined(room, data) {
+  // The server joined this connection to `room` on its own (the token's channels, the
+  // control API). If the client is in it, or joining it, its own join decides (a replay
+  // may follow); if a leave of it is on its way, the server processes that after.
+  #onServerJoined(room, data) {
+    if (!isValidRoom(room)) return;
+    const r = this.#rooms.get(room);
+    if (r && (r.joined || r.joinRef !== null)) return;
+    if ([...this.#pending.values()].some((p) => p.kind === 'leave' && p.room === room)) return;
+    if (!r) this.#rooms.set(room, newRoom(room));
+    this.#onJoined(room, data, true);
+  }
+
+  #onJoined(room, data, server = false) {
     const r = this.#rooms.get(room);
     if (!r) {
       // Joined a room the user left meanwhile: leave it again (unless a leave is on its way).
@@ -762,7 +876,7 @@ export class RoomcastClient {
     r.joinRef = null;
     clearTimeout(r.gapTimer);
     r.gapTimer = null;
-    const info = { room, recovered, resync, rejoin, epoch, offset, lastId: r.sentLastId ?? null };
+    const info = { room, recovered, resync, rejoin, epoch, offset, lastId: r.sentLastId ?? null, server };
     r.info = info;
     // A join announces the user online: restore a chosen status in this room.
     if (this.#status !== 'online' && this.#isConnected()) {
@@ -775,14 +889,26 @@ export class RoomcastClient {
       w.resolve(info);
     }
     this.#emit('joined', info);
+    this.#sendDue();
   }
 
-  #onLeft(room, data) {
+  #onLeft(room, data, byServer) {
+    const r = this.#rooms.get(room);
+    if (byServer) {
+      // The server took the client out of the room: drop it, it is not rejoined.
+      if (r) {
+        this.#rooms.delete(room);
+        clearTimeout(r.gapTimer);
+        this.#rejectRoomWaiters(room, new RoomcastError(`the server removed ${room}`, { code: 'left' }), new Map([[room, r]]));
+      }
+      this.#emit('left', { room, server: true, reason: typeof data.reason === 'string' ? data.reason : '' });
+      this.#sendDue();
+      return;
+    }
     const ref = data.ref;
     if (typeof ref === 'string') this.#settle(ref, null, undefined);
-    const r = this.#rooms.get(room);
     if (r) r.joined = false;
-    this.#emit('left', { room });
+    this.#emit('left', { room, server: false, reason: '' });
   }
 
   #onPong(data) {
@@ -805,25 +931,27 @@ export class RoomcastClient {
       ref,
       data: d,
     });
-    if (ref !== null) {
-      if (ref.startsWith('g')) {
-        // The gap repair was refused (e.g. rate limited): reconnecting recovers instead.
-        this.#emit('error', err);
-        this.reconnect();
-        return;
-      }
-      const p = this.#pending.get(ref);
-      if (p) {
-        // not_member on leave: the room is left either way.
-        if (p.kind === 'leave' && d.code === 'not_member') this.#settle(ref, null, undefined);
-        else this.#settle(ref, err);
-      } else {
-        const r = [...this.#rooms.values()].find((x) => x.joinRef === ref);
-        if (r) {
-          // The server refused the join: forget the room and tell whoever waits for it.
-          this.#rooms.delete(r.name);
-          this.#rejectRoomWaiters(r.name, err, new Map([[r.name, r]]));
-        }
+    // Refs without this client's prefix are the application's: the error is only reported.
+    const kind = this.#refKind(ref);
+    if (kind === 'g') {
+      // The gap repair was refused (e.g. rate limited): reconnecting recovers instead.
+      this.#emit('error', err);
+      this.reconnect();
+      return;
+    }
+    if (kind === 'm') {
+      this.#settlePublication(ref, err); // refused: not published, not sent again
+    } else if (kind !== null && this.#pending.has(ref)) {
+      // not_member on leave: the room is left either way.
+      if (this.#pending.get(ref).kind === 'leave' && d.code === 'not_member') this.#settle(ref, null, undefined);
+      else this.#settle(ref, err);
+    } else if (kind === 'j') {
+      const r = [...this.#rooms.values()].find((x) => x.joinRef === ref);
+      if (r) {
+        // The server refused the join: forget the room and tell whoever waits for it.
+        this.#rooms.delete(r.name);
+        this.#rejectRoomWaiters(r.name, err, new Map([[r.name, r]]));
+        this.#sendDue();
       }
     }
     this.#emit('error', err);
@@ -936,6 +1064,13 @@ function newRoom(name) {
     info: null,
     waiters: [],
   };
+}
+
+// A random start for the refs of one client (12 base64url characters and a dot).
+function randomPrefix() {
+  const bytes = new Uint8Array(9);
+  globalThis.crypto.getRandomValues(bytes);
+  return btoa(String.fromCharCode(...bytes)).replace(/\+/g, '-').replace(/\//g, '_') + '.';
 }
 
 function detach(ws) {
