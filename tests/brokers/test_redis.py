@@ -336,7 +336,7 @@ async def test_one_subscriber_connection_per_pod(
         for room in rooms:
             await broker.subscribe(room)
         (sub,) = await pubsub_clients()
-        assert int(sub["sub"]) == len(rooms) + 2  # the rooms, global, health
+        assert int(sub["sub"]) == len(rooms) + 3  # the rooms, global, health, control
 
         async with started(redis_server.url, prefix=prefix):
             assert len(await pubsub_clients()) == 2
@@ -347,7 +347,7 @@ async def test_one_subscriber_connection_per_pod(
 
             async def back() -> bool:
                 clients = await pubsub_clients()
-                return len(clients) == 2 and len(rooms) + 2 in [int(c["sub"]) for c in clients]
+                return len(clients) == 2 and len(rooms) + 3 in [int(c["sub"]) for c in clients]
 
             await eventually(back, 5000 * MS)
             assert recorder.reconnects == 1

@@ -19,7 +19,7 @@ encoded; a failure to publish is reported to
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -70,6 +70,9 @@ class PresenceChange(enum.IntEnum):
 __all__ = [
     "Broker",
     "BrokerHandler",
+    "ControlBus",
+    "ControlHandler",
+    "ControlReplies",
     "HistoryPage",
     "PresenceChange",
     "PresenceMember",
@@ -254,6 +257,9 @@ class Broker(Protocol):
     presence: PresenceStore
     """The presence store that goes with this broker."""
 
+    control: ControlBus
+    """The cluster-wide control channel (commands to every pod, one reply each)."""
+
     async def start(self, handler: BrokerHandler) -> None:
         """Connect and start delivering publications to ``handler``."""
         ...
@@ -322,5 +328,76 @@ class Broker(Protocol):
             since: return the messages after this id; ``recovered`` tells
                 whether it was still retained.
             limit: at most this many messages (without ``since``: the newest ones).
+        """
+        ...
+
+
+# -- the control channel -------------------------------------------------------------------
+
+ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+"""``handler(command)``: answers one control command on this pod (see :class:`ControlBus`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlReplies:
+    """What :meth:`ControlBus.request` gathered: one reply per pod that answered in time.
+
+    Attributes:
+        replies: each answering pod's reply, once per pod (order not specified).
+        pods: how many pods the command reached (the replies expected); with
+            Redis, the subscribers of the control channel when it was published.
+    """
+
+    replies: list[dict[str, Any]]
+    pods: int
+
+    @property
+    def missing(self) -> int:
+        """Pods the command reached that did not answer in time."""
+        return max(0, self.pods - len(self.replies))
+
+
+class ControlBus(Protocol):
+    """A channel from one pod to every pod of the cluster: a command out, a reply from each.
+
+    The hub (:class:`~roomcast.core.control.Control`) sends server commands
+    through it (disconnect a user, subscribe it to a room, list its
+    connections) and answers the ones that arrive with its handler.
+
+    Call order: :meth:`start` once, after :meth:`Broker.start`; then
+    :meth:`request` at any time, from the broker's event loop; :meth:`close`
+    once, before :meth:`Broker.close`. Commands that arrive before
+    :meth:`start` or after :meth:`close` are not answered.
+    """
+
+    async def start(self, handler: ControlHandler) -> None:
+        """Answer every command that arrives from now on with ``handler``.
+
+        The handler gets the command as sent (a JSON object); what it returns
+        (a JSON object) is this pod's reply. If it raises, the reply is
+        ``{"error": "<text>"}`` and the error is logged.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Stop answering; commands being answered are cancelled. Idempotent."""
+        ...
+
+    async def request(
+        self,
+        command: dict[str, Any],
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> ControlReplies:
+        """Send ``command`` to every pod (this one included) and gather their replies.
+
+        Returns once every pod the command reached has answered, or after
+        ``timeout`` seconds with the replies that came (:attr:`ControlReplies.missing`
+        counts the others); it never waits longer.
+
+        Raises:
+            BrokerUnavailable: the command could not be sent (nothing was done).
+            ProtocolError: ``invalid_message`` if ``command`` cannot be encoded
+                as JSON or is too large.
         """
         ...

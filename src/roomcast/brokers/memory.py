@@ -24,6 +24,7 @@ from typing import Any
 
 from roomcast.brokers.base import (
     BrokerHandler,
+    ControlBus,
     HistoryPage,
     PresenceChange,
     PresenceMember,
@@ -32,6 +33,7 @@ from roomcast.brokers.base import (
     RoomStats,
     page_of,
 )
+from roomcast.brokers.memory_control import MemoryControl
 from roomcast.errors import HubClosed, ProtocolError
 from roomcast.protocol import RETAINED_TYPES, Encoded, Message, PresenceStatus
 from roomcast.supervisor import Supervisor
@@ -123,6 +125,7 @@ class MemoryBroker:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.presence: PresenceStore = MemoryPresence()
+        self.control: ControlBus = MemoryControl()
         # SPEC §1: either option at 0 disables history.
         self._history_size = history_size if history_ttl > 0 else 0
         self._history_ttl = history_ttl

@@ -57,6 +57,7 @@ class Connection:
         rooms: rooms this connection has joined.
         remote: ``host:port`` of the client, for logs.
         status: the presence status the client set for itself.
+        connected_at: when it connected (the hub's wall clock, seconds).
         pending: encoded messages waiting for the next flush (None once closing).
         queued: bytes of the frames in ``pending`` larger than the hub's
             ``small_frame`` (smaller ones are bounded by the message count:
@@ -72,6 +73,7 @@ class Connection:
         "byte_limit",
         "closed",
         "config",
+        "connected_at",
         "hub",
         "id",
         "identity",
@@ -104,6 +106,7 @@ class Connection:
         self.info = info
         self.identity: Identity | None = None
         self.remote = remote
+        self.connected_at = hub.clock()
         self.rooms: set[str] = set()
         self.status = PresenceStatus.ONLINE
         self.pending: list[Encoded] | None = []

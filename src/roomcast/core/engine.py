@@ -33,6 +33,7 @@ from roomcast.core.auth import ConnectRequest
 from roomcast.core.brokerevents import BrokerCallbacks
 from roomcast.core.commands import Commands
 from roomcast.core.connection import Connection
+from roomcast.core.control import Control
 from roomcast.core.endpoint import HandlerConfig
 from roomcast.core.events import Events
 from roomcast.core.flusher import Flusher
@@ -229,6 +230,7 @@ class Engine(BrokerCallbacks):
         self.subscriptions = Subscriptions(self)
         self.recovery = Recovery(self.broker, self.subscriptions, page_size=max(1, send_queue // 2))
         self.membership = Membership(self, recovery=self.recovery, subscriptions=self.subscriptions)
+        self.control = Control(self)
         self.sessions = Sessions(self, membership=self.membership, recovery=self.recovery)
         self.token_refresh = TokenRefresh(self, membership=self.membership)
         self.commands = Commands(
@@ -286,6 +288,7 @@ class Engine(BrokerCallbacks):
         self._flusher = Flusher(self._loop)
         self.draining = False
         await self.broker.start(self)
+        await self.control.start()
         await self.gate.user_connections.start()
         self._loops.start("keepalive", self.keepalive.run)
 
@@ -309,6 +312,7 @@ class Engine(BrokerCallbacks):
             await asyncio.wait(set(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
+        await self.control.close()
         await self.broker.close()
         await self.gate.user_connections.close()
         self._loop = None

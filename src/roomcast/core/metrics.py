@@ -188,6 +188,18 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.control_commands = Counter(
+            "realtime_control_commands",
+            "Control API commands this pod answered, by command.",
+            ["command"],
+            registry=r,
+        )
+        self.control_unanswered = Counter(
+            "realtime_control_unanswered",
+            "Control API requests of this pod that some pod did not answer in time, by command.",
+            ["command"],
+            registry=r,
+        )
         self.fanouts = HotCounter(
             "realtime_fanouts", "Fan-outs performed (one per delivered publication).", r
         )

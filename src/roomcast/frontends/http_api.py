@@ -1,5 +1,8 @@
 """The HTTP API of SPEC §2 as an ASGI app: publish, rooms, presence, history, health, metrics.
 
+Plus the control API (``docs/topics/control.md``): disconnect, subscribe and
+unsubscribe a user's connections on every pod, list them, and a room's info.
+
 Mount it beside the WebSocket endpoint (``Mount("/", app=hub.api_app(api_key=...))``);
 ``/api/*`` takes the API key, ``/metrics``, ``/healthz`` and ``/readyz`` do not.
 """
@@ -15,8 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 
+from roomcast.core.control import DISCONNECT_REASON, Outcome
 from roomcast.core.metrics import CONTENT_TYPE_LATEST
-from roomcast.errors import BrokerError, ErrorCode, ProtocolError
+from roomcast.errors import BrokerError, CloseCode, ErrorCode, ProtocolError
 from roomcast.frontends.asgi import Receive, Scope, Send
 from roomcast.protocol import Message, MessageType, validate_room
 
@@ -38,12 +42,21 @@ def _json(obj: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status, media_type="application/json")
 
 
+def _outcome(body: dict[str, Any], outcome: Outcome[Any]) -> Response:
+    # A control answer; when some pod did not answer in time, how many did not.
+    if outcome.unanswered:
+        body["unanswered"] = outcome.unanswered
+    return _json(body)
+
+
 class ApiApp:
     """The HTTP API of SPEC §2 as an ASGI app.
 
     Routes: ``POST /api/publish``, ``GET /api/rooms``,
     ``GET /api/rooms/{room}/presence``, ``GET /api/rooms/{room}/history``,
-    ``GET /metrics``, ``GET /healthz``, ``GET /readyz``.
+    the control API (``POST /api/disconnect``, ``POST /api/subscribe``,
+    ``POST /api/unsubscribe``, ``GET /api/users/{user_id}/connections``,
+    ``GET /api/rooms/{room}``), ``GET /metrics``, ``GET /healthz``, ``GET /readyz``.
 
     Args:
         hub: the hub to serve.
@@ -66,6 +79,15 @@ class ApiApp:
                 Route("/api/rooms", self._guard(self.rooms), methods=["GET"]),
                 Route("/api/rooms/{room}/presence", self._guard(self.presence), methods=["GET"]),
                 Route("/api/rooms/{room}/history", self._guard(self.history), methods=["GET"]),
+                Route("/api/rooms/{room}", self._guard(self.room_info), methods=["GET"]),
+                Route("/api/disconnect", self._guard(self.disconnect), methods=["POST"]),
+                Route("/api/subscribe", self._guard(self.subscribe), methods=["POST"]),
+                Route("/api/unsubscribe", self._guard(self.unsubscribe), methods=["POST"]),
+                Route(
+                    "/api/users/{user_id}/connections",
+                    self._guard(self.connections),
+                    methods=["GET"],
+                ),
                 Route("/metrics", self.metrics, methods=["GET"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
@@ -110,13 +132,9 @@ class ApiApp:
             return _error(401, "unauthorized", "invalid API key")
         return None
 
-    async def publish(self, request: Request) -> Response:
-        """Publish ``{"room"?, "type", "data", "from"?}``; no room means every connection.
-
-        The body must be ``application/json`` (else 415) of at most the hub's
-        ``max_message_bytes`` (else 413). ``from`` (speak for a user) is taken
-        only from a caller that presented the API key; without one it is refused.
-        """
+    async def _body(self, request: Request) -> dict[str, Any] | Response:
+        # The request's JSON object, or the error response: 415 unless
+        # application/json, 413 past max_message_bytes, 400 unless a JSON object.
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media_type != "application/json":
             return _error(
@@ -142,6 +160,18 @@ class ApiApp:
             return _error(400, ErrorCode.INVALID_JSON.value, "body is not valid JSON")
         if not isinstance(body, dict):
             return _error(400, ErrorCode.INVALID_MESSAGE.value, "body must be a JSON object")
+        return body
+
+    async def publish(self, request: Request) -> Response:
+        """Publish ``{"room"?, "type", "data", "from"?}``; no room means every connection.
+
+        The body must be ``application/json`` (else 415) of at most the hub's
+        ``max_message_bytes`` (else 413). ``from`` (speak for a user) is taken
+        only from a caller that presented the API key; without one it is refused.
+        """
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
         try:
             kind = MessageType(body.get("type", "notification"))
         except ValueError:
@@ -193,6 +223,57 @@ class ApiApp:
         page = await self.hub.broker.history(room, since=since, limit=limit)
         messages = [orjson.Fragment(bytes(e.payload)) for e in page.messages]
         return _json({"room": room, "epoch": page.epoch, "messages": messages})
+
+    # -- the control API --------------------------------------------------------------------
+
+    async def disconnect(self, request: Request) -> Response:
+        """Close connections on every pod: ``{"user_id" | "connection_id", "code"?, "reason"?}``.
+
+        ``code`` is 4000-4999 (4100 by default: the client reconnects; from 4500
+        it does not). Answers ``{"disconnected": n}``; every control answer
+        also has ``"unanswered": k`` when ``k`` pods did not answer in time.
+        """
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        outcome = await self.hub.control.disconnect(
+            user_id=body.get("user_id"),
+            connection_id=body.get("connection_id"),
+            code=body.get("code", CloseCode.DISCONNECT),
+            reason=body.get("reason", DISCONNECT_REASON),
+        )
+        return _outcome({"disconnected": outcome.value}, outcome)
+
+    async def subscribe(self, request: Request) -> Response:
+        """Join a room for a user's connections: ``{"user_id", "room"}`` -> ``{"subscribed"}``."""
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        outcome = await self.hub.control.subscribe(body.get("user_id", ""), body.get("room", ""))
+        return _outcome({"subscribed": outcome.value}, outcome)
+
+    async def unsubscribe(self, request: Request) -> Response:
+        """Leave a room: ``{"user_id", "room", "reason"?}`` -> ``{"unsubscribed": n}``."""
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        outcome = await self.hub.control.unsubscribe(
+            body.get("user_id", ""),
+            body.get("room", ""),
+            reason=body.get("reason"),
+        )
+        return _outcome({"unsubscribed": outcome.value}, outcome)
+
+    async def connections(self, request: Request) -> Response:
+        """A user's connections on every pod: ``{"user_id", "connections": [...]}``."""
+        user_id = request.path_params["user_id"]
+        outcome = await self.hub.control.connections(user_id)
+        return _outcome({"user_id": user_id, "connections": outcome.value}, outcome)
+
+    async def room_info(self, request: Request) -> Response:
+        """A room's position, members and cluster-wide counts."""
+        outcome = await self.hub.control.room_info(request.path_params["room"])
+        return _outcome(outcome.value, outcome)
 
     async def metrics(self, request: Request) -> Response:
         """Prometheus text format."""

@@ -6,7 +6,8 @@ Each job is a part it builds and wires: :class:`~.writer.Writer` (publications
 out), :class:`~.subscriber.Subscriber` (the pub/sub connection and what arrives
 on it), :class:`~.feed.Feed` and :class:`~.repair.Repairer` (order, and gaps
 filled from the history), :class:`~.history.History` (pages for clients),
-:class:`~.presence.RedisPresence`; :class:`~.keys.Keys` names it all.
+:class:`~.presence.RedisPresence`, :class:`~.control.RedisControl` (the control
+channel, commands to every pod); :class:`~.keys.Keys` names it all.
 
 How a room message travels:
 
@@ -66,7 +67,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
 
-from roomcast.brokers.base import BrokerHandler, HistoryPage, PresenceStore, Retention
+from roomcast.brokers.base import BrokerHandler, ControlBus, HistoryPage, PresenceStore, Retention
+from roomcast.brokers.redis.control import RedisControl
 from roomcast.brokers.redis.feed import Feed
 from roomcast.brokers.redis.history import History
 from roomcast.brokers.redis.keys import Keys
@@ -165,8 +167,17 @@ class RedisBroker:
         )
         self._feed = Feed()
         self._repairs = Repairer(self._client, keys=self._keys, feed=self._feed, handler=handler)
+        self._control = RedisControl(
+            self._client, keys=self._keys, listening=self._listening, block=command_timeout / 2
+        )
+        self.control: ControlBus = self._control
         self._subscriber = Subscriber(
-            url, keys=self._keys, feed=self._feed, repairs=self._repairs, handler=handler
+            url,
+            keys=self._keys,
+            feed=self._feed,
+            repairs=self._repairs,
+            handler=handler,
+            control=self._control.receive,
         )
         self._history = History(
             self._client,
@@ -184,6 +195,9 @@ class RedisBroker:
 
     def _current_handler(self) -> BrokerHandler | None:
         return self._handler
+
+    def _listening(self) -> bool:
+        return self._subscriber.ok
 
     # -- keys and channels ---------------------------------------------------------------
 
@@ -242,6 +256,7 @@ class RedisBroker:
             return
         await self._writer.drain(within=2.0)
         self._handler = None
+        await self._control.close()
         await self._loops.close()
         # Nobody waits forever on what is left.
         self._writer.abandon()

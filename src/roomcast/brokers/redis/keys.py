@@ -8,8 +8,10 @@ also runs on Redis Cluster):
 - ``{prefix}:ids:{room}`` — hash: message id → offset (idempotent publication);
 - ``{prefix}:room:<room>`` — the room's pub/sub channel.
 
-Plus ``{prefix}:global`` (messages to everyone) and ``{prefix}:health:<node id>``,
-the pod's own channel (health probes and ordering barriers). Presence and
+Plus ``{prefix}:global`` (messages to everyone), ``{prefix}:health:<node id>``,
+the pod's own channel (health probes and ordering barriers), ``{prefix}:control``
+(control commands to every pod) and ``{prefix}:control:reply:<request id>``, the
+short-lived list a control request's replies are pushed to. Presence and
 per-user counts name their keys in :mod:`.presence` and :mod:`.users`.
 """
 
@@ -50,6 +52,15 @@ class Keys:
     def health_channel(self) -> str:
         """This pod's own channel: health probes and ordering barriers."""
         return f"{self.prefix}:health:{self.node_id}"
+
+    @property
+    def control_channel(self) -> str:
+        """The pub/sub channel of control commands, which every pod subscribes to."""
+        return f"{self.prefix}:control"
+
+    def control_reply_key(self, request_id: str) -> str:
+        """The list the replies to control request ``request_id`` are pushed to."""
+        return f"{self.prefix}:control:reply:{request_id}"
 
     def history_keys(self, room: str) -> list[str]:
         """The meta hash and history stream of ``room`` (the keys the read scripts take)."""

@@ -13,7 +13,9 @@ What arrives is routed:
 - a message to everyone goes to the handler as it is;
 - on the pod's own channel, a health probe proves delivery end to end
   (:attr:`Subscriber.last_probe_seen`) and a *barrier* published by a history
-  read tells that read that everything before it has been handed over.
+  read tells that read that everything before it has been handed over;
+- on the control channel (always subscribed), a control command goes to the
+  broker's :class:`~roomcast.brokers.redis.control.RedisControl`.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Subscriber:
         feed: the per-room feed that live room publications go through.
         repairs: woken when the feed wants a history read.
         handler: returns the broker's handler, or None while it is stopped.
+        control: called with each message on the control channel.
     """
 
     def __init__(
@@ -71,8 +74,10 @@ class Subscriber:
         feed: Feed,
         repairs: Repairer,
         handler: Callable[[], BrokerHandler | None],
+        control: Callable[[bytes], None] | None = None,
     ) -> None:
         self._url = url
+        self._control = control
         self._keys = keys
         self._feed = feed
         self._repairs = repairs
@@ -176,7 +181,7 @@ class Subscriber:
                 # each room's history once its new subscription is confirmed.
                 self._feed.resync()
                 rooms = set(self.rooms)
-                channels = [keys.global_channel, keys.health_channel]
+                channels = [keys.global_channel, keys.health_channel, keys.control_channel]
                 channels += [keys.room_channel(room) for room in rooms]
                 await pubsub.subscribe(*channels)
                 # Rooms joined or left while that was in flight:
@@ -214,6 +219,7 @@ class Subscriber:
 
     async def _read(self, pubsub: PubSub) -> None:
         health = self._keys.health_channel.encode()
+        control = self._keys.control_channel.encode()
         global_channel = self._keys.global_channel.encode()
         room_prefix = self._keys.room_channel_prefix
         feed = self._feed
@@ -236,6 +242,10 @@ class Subscriber:
             data: bytes = item["data"]
             if channel == health:
                 self._on_own_channel(data)
+                continue
+            if channel == control:
+                if self._control is not None:
+                    self._control(data)
                 continue
             handler = self._handler
             if handler is None:
