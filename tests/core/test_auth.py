@@ -731,6 +731,20 @@ async def test_refresh_that_narrows_rooms_leaves_them(hub: Hub) -> None:
     assert any(m["data"].get("event") == "left" for m in conn.of_type("system"))
 
 
+async def test_refresh_keeps_the_rooms_the_server_subscribed(hub: Hub) -> None:
+    # The token's channels and a control-API subscribe are the server's: a refresh
+    # whose rooms do not cover them leaves only the client's own joins.
+    conn = await connect(hub, JWT, "/team-a", hs256(rooms=["team-*", "ops"], channels=["news"]))
+    await until(lambda: "news" in conn.rooms)
+    await send(conn, {"type": "join", "room": "ops"})
+    assert await hub.subscribe(conn.user_id, "alerts") == 1
+    await until(lambda: "alerts" in conn.rooms)
+    await send(conn, {"type": "auth", "data": {"token": hs256(rooms=["team-*"])}})
+    await until(lambda: "ops" not in conn.rooms)
+    assert conn.rooms == {"team-a", "news", "alerts"}
+    assert conn.server_rooms == {"news", "alerts"}
+
+
 async def test_refresh_on_an_anonymous_or_unauthenticated_endpoint(hub: Hub) -> None:
     anonymous = await connect(hub, JWT)
     await send(anonymous, {"type": "auth", "data": {"token": hs256()}})

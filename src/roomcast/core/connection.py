@@ -84,6 +84,7 @@ class Connection:
         "queued",
         "remote",
         "rooms",
+        "server_rooms",
         "state",
         "status",
         "user_id",
@@ -108,6 +109,9 @@ class Connection:
         self.remote = remote
         self.connected_at = hub.clock()
         self.rooms: set[str] = set()
+        self.server_rooms: set[str] = set()
+        """Rooms the server subscribed it to (token ``channels``, control API): a token
+        refresh does not take them away."""
         self.status = PresenceStatus.ONLINE
         self.pending: list[Encoded] | None = []
         self.queued = 0

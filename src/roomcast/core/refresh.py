@@ -112,7 +112,12 @@ class TokenRefresh:
         if ref is not None:
             data["ref"] = ref
         conn.send(self._messages.system("refreshed", data))
-        revoked = sorted(room for room in conn.rooms if not identity.allows(room))
+        # Rooms the server subscribed the connection to are the server's to take away.
+        revoked = sorted(
+            room
+            for room in conn.rooms
+            if not identity.allows(room) and room not in conn.server_rooms
+        )
         return self._leave_revoked(conn, revoked) if revoked else None
 
     async def _leave_revoked(self, conn: Connection, rooms: list[str]) -> None:

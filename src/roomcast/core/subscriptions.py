@@ -276,6 +276,8 @@ class Membership:
         for encoded in merge(room, page.offset, replay, held):
             conn.push(encoded)
         registry.join(conn, room)
+        if server:
+            conn.server_rooms.add(room)
         self._metrics.rooms.set(len(registry.rooms))
         if resync or not options.presence:
             return
@@ -340,6 +342,7 @@ class Membership:
         room's subscription unless another connection is catching up on it.
         """
         self._statuses.left(conn, room)
+        conn.server_rooms.discard(room)
         options = self._namespaces(room)
         if options.presence:
             change = await self._broker.presence.remove(room, user_id=conn.user_id, conn_id=conn.id)
