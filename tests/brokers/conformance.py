@@ -5,9 +5,10 @@ To run it against an implementation, subclass :class:`BrokerConformance` in a
 
 ``make_broker``
     An async factory ``make(handler, *, history_size=100, history_ttl=300.0,
-    history_bytes=1 << 20)``
-    returning a *started* broker that reports to ``handler``. The fixture closes
-    every broker it made at teardown.
+    history_bytes=1 << 20, retention=None)``
+    returning a *started* broker that reports to ``handler``, given
+    ``retention`` (:meth:`Broker.set_retention <roomcast.brokers.base.Broker.set_retention>`)
+    before it started. The fixture closes every broker it made at teardown.
 
 ``advance_time``
     An async callable ``advance(seconds)`` that makes ``seconds`` of broker time
@@ -37,6 +38,7 @@ from roomcast.brokers.base import (
     PresenceChange,
     PresenceMember,
     PresenceStore,
+    Retention,
     RoomStats,
 )
 from roomcast.protocol import Encoded, Message, MessageFactory, MessageType, PresenceStatus, encode
@@ -114,6 +116,16 @@ class Recorder:
         return [e.message.id for e in self.publications if e.message and e.message.room == room]
 
 
+async def wait_for_room(recorder: Recorder, room: str, count: int) -> None:
+    """Wait until ``count`` publications of ``room`` arrived, then a little more."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while len(recorder.ids(room)) < count:
+        assert loop.time() < deadline, f"expected {count} publications of {room}"
+        await asyncio.sleep(1 * MS)
+    await asyncio.sleep(SETTLE)
+
+
 class MakeBroker(Protocol):
     def __call__(
         self,
@@ -122,6 +134,7 @@ class MakeBroker(Protocol):
         history_size: int = ...,
         history_ttl: float = ...,
         history_bytes: int = ...,
+        retention: Retention | None = ...,
     ) -> Awaitable[Broker]: ...
 
 
@@ -485,6 +498,180 @@ class BrokerConformance:
         assert page_ids(page) == [second.id]
         assert page.epoch == epoch
         assert second.offset == 2
+
+    # -- per-room retention (namespaces) ------------------------------------------------
+
+    async def test_retention_overrides_the_history_size_per_room(
+        self, make_broker: MakeBroker, factory: MessageFactory
+    ) -> None:
+        short, wide, plain, unset, off = (self.new_room() for _ in range(5))
+        limits: dict[str, tuple[int | None, float | None] | None] = {
+            short: (2, None),
+            wide: (6, None),
+            plain: (None, None),  # both the broker's own
+            off: (0, None),
+        }  # unset: None, the broker's own
+        recorder = Recorder()
+        broker = await make_broker(recorder, history_size=4, retention=limits.get)
+        for room in (short, wide, plain, unset):
+            stored = await self.publish_chats(broker, factory, room, 8)
+            assert [m.offset for m in stored] == list(range(1, 9))
+        assert offsets(await broker.history(short)) == [7, 8]
+        assert offsets(await broker.history(wide)) == [3, 4, 5, 6, 7, 8]
+        assert offsets(await broker.history(plain)) == [5, 6, 7, 8]
+        assert offsets(await broker.history(unset)) == [5, 6, 7, 8]
+        assert (await broker.history(short)).offset == 8
+
+        # Size 0: nothing kept, no offsets, still delivered.
+        await broker.subscribe(off)
+        kept_nothing = await self.publish_chats(broker, factory, off, 3)
+        assert [m.offset for m in kept_nothing] == [None, None, None]
+        await wait_for_room(recorder, off, 3)
+        assert recorder.ids(off) == [m.id for m in kept_nothing]
+        for encoded in recorder.publications:
+            if encoded.message is not None and encoded.message.room == off:
+                assert "offset" not in decoded(encoded)
+        page = await broker.history(off)
+        assert page.messages == []
+        assert page.offset == 0
+        assert (await broker.history(off, since=kept_nothing[0].id)).recovered is False
+
+    async def test_retention_overrides_the_history_ttl_per_room(
+        self, make_broker: MakeBroker, advance_time: AdvanceTime, factory: MessageFactory
+    ) -> None:
+        brief, plain, lasting = (self.new_room() for _ in range(3))
+        limits = {brief: (None, self.ttl), lasting: (None, self.ttl * 100)}
+        broker = await make_broker(
+            Recorder(), history_ttl=self.ttl * 3, retention=lambda room: limits.get(room)
+        )
+        first = {room: await broker.publish(self.chat(factory, room, "1")) for room in limits}
+        first[plain] = await broker.publish(self.chat(factory, plain, "1"))
+        epochs = {room: (await broker.history(room)).epoch for room in first}
+
+        await advance_time(self.ttl * 2)  # past brief's TTL, within the broker's
+        gone = await broker.history(brief, since=first[brief].id)
+        assert gone.recovered is False
+        assert gone.messages == []
+        assert gone.epoch != epochs[brief]
+        for room in (plain, lasting):
+            page = await broker.history(room)
+            assert page_ids(page) == [first[room].id], room
+            assert page.epoch == epochs[room]
+
+        await advance_time(self.ttl * 2)  # past the broker's TTL too
+        gone = await broker.history(plain, since=first[plain].id)
+        assert gone.recovered is False
+        assert gone.epoch != epochs[plain]
+        kept = await broker.history(lasting)
+        assert page_ids(kept) == [first[lasting].id]
+        assert kept.epoch == epochs[lasting]
+
+    # -- a client's retry (same sender and ref) -------------------------------------------
+
+    @staticmethod
+    def client_chat(
+        factory: MessageFactory, room: str, text: str, *, ref: str | None, sender: str = "alice"
+    ) -> Message:
+        message = factory.make(MessageType.CHAT, room=room, data={"text": text}, sender=sender)
+        message.ref = ref
+        return message
+
+    async def test_a_client_retry_is_answered_with_the_first(
+        self, broker: Broker, recorder: Recorder, factory: MessageFactory, room: str
+    ) -> None:
+        other_room = self.new_room()
+        await broker.subscribe(room)
+        await broker.subscribe(other_room)
+        first = await broker.publish(self.client_chat(factory, room, "hi", ref="r1"))
+        retry = self.client_chat(factory, room, "hi", ref="r1")
+        assert retry.id != first.id
+        answered = await broker.publish(retry)
+        assert (answered.id, answered.offset) == (first.id, 1)
+        again = await broker.publish(self.client_chat(factory, room, "hi", ref="r1"))
+        assert (again.id, again.offset) == (first.id, 1)
+        # Another sender, another ref, no ref, another room: new messages.
+        bob = await broker.publish(self.client_chat(factory, room, "hi", ref="r1", sender="bob"))
+        r2 = await broker.publish(self.client_chat(factory, room, "hi", ref="r2"))
+        plain = [
+            await broker.publish(self.client_chat(factory, room, "hi", ref=None)) for _ in range(2)
+        ]
+        elsewhere = await broker.publish(self.client_chat(factory, other_room, "hi", ref="r1"))
+        assert [m.offset for m in (bob, r2, *plain)] == [2, 3, 4, 5]
+        assert elsewhere.offset == 1
+        assert len({m.id for m in (first, bob, r2, *plain, elsewhere)}) == 6
+
+        await recorder.wait_for(6)
+        assert recorder.ids(room) == [m.id for m in (first, bob, r2, *plain)]
+        assert recorder.ids(other_room) == [elsewhere.id]
+        page = await broker.history(room)
+        assert page_ids(page) == [m.id for m in (first, bob, r2, *plain)]
+        assert offsets(page) == [1, 2, 3, 4, 5]
+        # Still recognised after the others.
+        late = await broker.publish(self.client_chat(factory, room, "hi", ref="r1"))
+        assert (late.id, late.offset) == (first.id, 1)
+        await asyncio.sleep(SETTLE)
+        assert len(recorder.publications) == 6
+
+    @pytest.mark.parametrize("fillers_have_refs", [True, False], ids=["refs", "no-refs"])
+    async def test_a_retry_after_the_first_left_the_history_is_new(
+        self, make_broker: MakeBroker, factory: MessageFactory, fillers_have_refs: bool
+    ) -> None:
+        room = self.new_room()
+        broker = await make_broker(Recorder(), history_size=2)
+        first = await broker.publish(self.client_chat(factory, room, "x", ref="m1"))
+        for i in range(2):
+            ref = f"f{i}" if fillers_have_refs else None
+            await broker.publish(self.client_chat(factory, room, "filler", ref=ref))
+        retry = await broker.publish(self.client_chat(factory, room, "x", ref="m1"))
+        assert retry.id != first.id
+        assert retry.offset == 4
+        assert offsets(await broker.history(room)) == [3, 4]
+        again = await broker.publish(self.client_chat(factory, room, "x", ref="m1"))
+        assert (again.id, again.offset) == (retry.id, 4)
+
+    async def test_a_ref_used_again_stays_recognised_while_retained(
+        self, make_broker: MakeBroker, factory: MessageFactory
+    ) -> None:
+        # m1 a b (1-3), three without refs push them out (4-6), m1 again is new (7),
+        # c (8): the history is 6 7 8 and the second m1 is in it.
+        room = self.new_room()
+        broker = await make_broker(Recorder(), history_size=3)
+        for ref in ("m1", "a", "b", None, None, None):
+            await broker.publish(self.client_chat(factory, room, "x", ref=ref))
+        second = await broker.publish(self.client_chat(factory, room, "x", ref="m1"))
+        assert second.offset == 7
+        await broker.publish(self.client_chat(factory, room, "x", ref="c"))
+        assert offsets(await broker.history(room)) == [6, 7, 8]
+        retry = await broker.publish(self.client_chat(factory, room, "x", ref="m1"))
+        assert (retry.id, retry.offset) == (second.id, 7)
+
+    async def test_a_retry_after_the_history_expired_is_new(
+        self, make_broker: MakeBroker, advance_time: AdvanceTime, factory: MessageFactory
+    ) -> None:
+        room = self.new_room()
+        broker = await make_broker(Recorder(), history_ttl=self.ttl)
+        first = await broker.publish(self.client_chat(factory, room, "x", ref="m1"))
+        await advance_time(self.ttl * 2)
+        retry = await broker.publish(self.client_chat(factory, room, "x", ref="m1"))
+        assert retry.id != first.id
+        assert retry.offset == 1
+        assert page_ids(await broker.history(room)) == [retry.id]
+
+    async def test_without_history_a_retry_is_published_again(
+        self, make_broker: MakeBroker, factory: MessageFactory
+    ) -> None:
+        room, off = self.new_room(), self.new_room()
+        recorder = Recorder()
+        broker = await make_broker(recorder, retention={off: (0, None)}.get)
+        await broker.subscribe(off)
+        both = [await broker.publish(self.client_chat(factory, off, "x", ref="m1")) for _ in "ab"]
+        assert [m.offset for m in both] == [None, None]
+        assert both[0].id != both[1].id
+        await wait_for_room(recorder, off, 2)
+        assert recorder.ids(off) == [m.id for m in both]
+        # The control: with history, the same is recognised.
+        kept = [await broker.publish(self.client_chat(factory, room, "x", ref="m1")) for _ in "ab"]
+        assert kept[0].id == kept[1].id
 
     # -- presence ---------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from roomcast.brokers.base import Broker
+from roomcast.brokers.base import Broker, Retention
 from roomcast.brokers.memory import MemoryBroker, MemoryPresence
 from roomcast.errors import HubClosed
 from roomcast.protocol import Encoded, Message, MessageFactory, MessageType
@@ -47,6 +47,7 @@ class TestMemoryBroker(BrokerConformance):
             history_size: int = 100,
             history_ttl: float = 300.0,
             history_bytes: int = 1 << 20,
+            retention: Retention | None = None,
         ) -> Broker:
             broker = MemoryBroker(
                 history_size=history_size,
@@ -54,6 +55,7 @@ class TestMemoryBroker(BrokerConformance):
                 history_bytes=history_bytes,
                 clock=clock,
             )
+            broker.set_retention(retention)
             await broker.start(handler)
             brokers.append(broker)
             return broker

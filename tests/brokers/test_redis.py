@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from roomcast.app import Hub
-from roomcast.brokers.base import Broker, PresenceChange, PresenceMember
+from roomcast.brokers.base import Broker, PresenceChange, PresenceMember, Retention
 from roomcast.brokers.redis import RedisBroker
 from roomcast.protocol import Message, MessageFactory, MessageType, PresenceStatus
 from tests.brokers.conformance import AdvanceTime, BrokerConformance, MakeBroker, Recorder
@@ -96,6 +96,7 @@ class TestRedisBroker(BrokerConformance):
             history_size: int = 100,
             history_ttl: float = 300.0,
             history_bytes: int = 1 << 20,
+            retention: Retention | None = None,
         ) -> Broker:
             broker = RedisBroker(
                 redis_url,
@@ -104,6 +105,7 @@ class TestRedisBroker(BrokerConformance):
                 history_ttl=history_ttl,
                 history_bytes=history_bytes,
             )
+            broker.set_retention(retention)
             brokers.append(broker)
             await broker.start(handler)
             await wait_ready(broker)

@@ -63,7 +63,8 @@ class _Stream:
         self.size = size
         self.ttl = ttl
         # "<sender>\0<ref>" -> (id, offset) of the last ``size`` client messages
-        # that carried a ref: a retry of one is answered, not published again.
+        # that carried a ref: a retry of one still retained (offset >= first) is
+        # answered, not published again.
         self.acks: dict[str, tuple[str, int]] = {}
 
     @property
@@ -210,7 +211,8 @@ class MemoryBroker:
             if ref is not None:
                 key = f"{message.from_}\0{ref}"
                 stored = stream.acks.get(key)
-                if stored is not None:  # a retry: answered with the first one
+                # A retry while the first is retained: answered with the first one.
+                if stored is not None and stored[1] >= stream.first:
                     message.id, message.offset = stored
                     return _Published(message)
             message.offset = stream.offset + 1
@@ -223,6 +225,7 @@ class MemoryBroker:
             stream.offset += 1
             if ref is not None:
                 acks = stream.acks
+                acks.pop(key, None)  # re-inserted, so it is the newest to evict
                 acks[key] = (message.id, stream.offset)
                 if len(acks) > stream.size:
                     del acks[next(iter(acks))]

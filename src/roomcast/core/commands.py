@@ -308,8 +308,9 @@ class Commands:
         # A message that cannot be encoded (a hook's result, say) gets its sender
         # an invalid_message error; nothing is stored or delivered. One with a
         # ref gets the ack once the broker has stored it (a callback, no task);
-        # a hook's new message keeps the client's ref, for the ack and retries.
-        if ref is not None and message.ref is None:
+        # a hook's new message keeps the client's ref, for the ack and retries
+        # (retries are told apart by sender and ref: without a sender, by none).
+        if ref is not None and message.ref is None and message.from_ is not None:
             message.ref = ref
         try:
             pending = self._broker.publish(message)

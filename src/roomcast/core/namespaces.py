@@ -202,13 +202,14 @@ def parse_namespaces(value: object) -> tuple[Namespace, ...]:
 
     Raises:
         ConfigError: the text is not JSON, the shape is wrong, an option is
-            unknown or has the wrong type, or a pattern is malformed.
+            unknown or has the wrong type, or a pattern is malformed or given
+            twice.
     """
     if isinstance(value, str):
         if not value.strip():
             return ()
         try:
-            value = json.loads(value)
+            value = json.loads(value, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--namespaces: not JSON: {exc}") from None
     items: list[tuple[Any, Any]]
@@ -225,9 +226,13 @@ def parse_namespaces(value: object) -> tuple[Namespace, ...]:
         raise ConfigError("--namespaces: expected an object of pattern -> options")
     out = []
     known = {f.name for f in fields(Namespace) if f.init} - {"pattern"}
+    seen: set[str] = set()
     for pattern, options in items:
         if not isinstance(pattern, str):
             raise ConfigError(f"--namespaces: pattern {pattern!r} is not a string")
+        if pattern in seen:
+            raise ConfigError(f"--namespaces: {pattern!r} is given twice")
+        seen.add(pattern)
         if not isinstance(options, Mapping):
             raise ConfigError(f"--namespaces: {pattern!r} needs an object of options")
         unknown = sorted(set(options) - known)
@@ -238,3 +243,14 @@ def parse_namespaces(value: object) -> tuple[Namespace, ...]:
             )
         out.append(Namespace(pattern=pattern, **options))
     return tuple(out)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A JSON object naming a key twice (a pattern, an option) is an error, not
+    # "the last one wins".
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"--namespaces: {key!r} is given twice")
+        out[key] = value
+    return out

@@ -139,10 +139,19 @@ class Writer:
         batch, self._inflight = self._inflight, []
         self._doubted(
             batch,
-            [p.message.retained and bool(self._history_size) for p in batch],
+            [self._scripted(p.message) for p in batch],
             RuntimeError("the writer failed"),
         )
         self._wake.set()
+
+    def _scripted(self, message: Message) -> bool:
+        # Whether ``message`` goes through the publish script (retained in a room
+        # that keeps history): only those can be retried safely, by id.
+        room = message.room
+        if room is None or not message.retained:
+            return False
+        limits = self.limits
+        return bool(self._history_size if limits is None else limits(room)[0])
 
     def retry_in_doubt(self) -> None:
         """Wake the writer if publications wait in doubt (Redis answers again)."""
