@@ -39,6 +39,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "roomcast.frontends": frozenset({"pure", "roomcast.core"}),
     "roomcast.app": frozenset({"pure", "roomcast.core", "roomcast.frontends", "roomcast.settings"}),
     "roomcast.settings": frozenset({"pure", "roomcast.core"}),
+    "roomcast.integrations": frozenset({"pure", "roomcast.core"}),
     "roomcast.client": frozenset({"pure"}),
     "roomcast.server": frozenset(
         {
@@ -48,6 +49,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "roomcast.frontends",
             "roomcast.app",
             "roomcast.settings",
+            "roomcast.integrations",
         }
     ),
 }

@@ -68,6 +68,7 @@ class Hub(Engine):
             "max_rooms_per_connection": settings.max_rooms_per_connection,
             "presence_events": settings.presence_events,
             "presence_interval": settings.presence_interval,
+            "namespaces": settings.namespaces,
             "max_connections_per_user": settings.max_connections_per_user,
             "connect_rate": settings.connect_rate,
         }

@@ -102,6 +102,14 @@ SPEC_DEFAULTS = {
     # API
     "api_key": None,
     "api_insecure": False,
+    # Rooms and backend integration
+    "namespaces": (),
+    "proxy_connect": None,
+    "proxy_join": None,
+    "proxy_publish": None,
+    "proxy_timeout": 5.0,
+    "webhook_url": None,
+    "webhook_secret": None,
     # Logging
     "log_format": "console",
     "log_level": "info",
@@ -322,7 +330,10 @@ BAD_FLAGS = [
     (["--redis-prefix", "has space"], "--redis-prefix: "),
     (["--allowed-origins", "example.com"], "--allowed-origins: "),
     (["--jwt-public-key", "/nonexistent/key.pem"], "--jwt-public-key: "),
-    (["--auth-required"], "--auth-required: needs --jwt-secret or --jwt-public-key"),
+    (
+        ["--auth-required"],
+        "--auth-required: needs --jwt-secret, --jwt-public-key or --proxy-connect",
+    ),
     (["--port"], "--port: expected one argument"),
     (["--no-such-option"], "unrecognized arguments: --no-such-option"),
 ]

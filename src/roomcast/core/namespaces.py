@@ -241,7 +241,10 @@ def parse_namespaces(value: object) -> tuple[Namespace, ...]:
                 f"--namespaces: {pattern!r}: unknown option {unknown[0]!r}"
                 f" (known: {', '.join(sorted(known))})"
             )
-        out.append(Namespace(pattern=pattern, **options))
+        try:
+            out.append(Namespace(pattern=pattern, **options))
+        except ConfigError as exc:
+            raise ConfigError(f"--namespaces: {exc}") from None
     return tuple(out)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -21,11 +21,13 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
 from roomcast.app import Hub
-from roomcast.core.auth import JwtAuthenticator
+from roomcast.core.auth import Authenticator, JwtAuthenticator
 from roomcast.core.endpoint import HandlerConfig
 from roomcast.frontends.httpguard import guarded_http_protocol
 from roomcast.frontends.native import protocol_class
 from roomcast.frontends.wsguard import GuardedWebSocketProtocol
+from roomcast.integrations.proxy import ConnectProxy, JoinProxy, PublishProxy
+from roomcast.integrations.webhooks import Webhooks
 from roomcast.server.logs import configure_logging
 from roomcast.settings import Settings
 
@@ -58,16 +60,58 @@ def build_hub(settings: Settings) -> Hub:
 
 
 def handler_config(settings: Settings) -> HandlerConfig:
-    """The WebSocket endpoint's configuration: authentication and origins.
+    """The WebSocket endpoint's configuration: authentication, origins, proxies.
+
+    ``--proxy-connect`` makes the backend the authenticator (instead of JWT);
+    ``--proxy-join`` and ``--proxy-publish`` become the ``on_join`` and
+    ``on_publish`` hooks (:mod:`roomcast.integrations.proxy`). The proxies are
+    opened and closed by the app's lifespan (:func:`build_app`).
 
     Raises:
         ConfigError: a JWT key is unusable (see :class:`~roomcast.core.auth.JwtAuthenticator`).
     """
+    timeout = settings.proxy_timeout
+    authenticator: Authenticator | None
+    if settings.proxy_connect:
+        authenticator = ConnectProxy(settings.proxy_connect, timeout=timeout)
+    else:
+        authenticator = JwtAuthenticator.from_settings(settings)
     return HandlerConfig(
         auth_required=settings.auth_required,
-        authenticator=JwtAuthenticator.from_settings(settings),
+        authenticator=authenticator,
         allowed_origins=settings.allowed_origins,
+        on_join=JoinProxy(settings.proxy_join, timeout=timeout) if settings.proxy_join else None,
+        on_publish=(
+            PublishProxy(settings.proxy_publish, timeout=timeout)
+            if settings.proxy_publish
+            else None
+        ),
     )
+
+
+def _lifespan(
+    hub: Hub, settings: Settings, handler: HandlerConfig
+) -> Callable[[object], contextlib.AbstractAsyncContextManager[None]]:
+    # The hub with what talks to the backend: proxies open before the hub and close
+    # after it; webhooks are flushed after the hub closed its connections.
+    parts = [
+        part
+        for part in (handler.authenticator, handler.on_join, handler.on_publish)
+        if isinstance(part, ConnectProxy | JoinProxy | PublishProxy)
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: object) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for part in parts:
+                await stack.enter_async_context(part)
+            if settings.webhook_url and settings.webhook_secret:
+                webhooks = Webhooks(hub, settings.webhook_url, settings.webhook_secret)
+                await stack.enter_async_context(webhooks)
+            await stack.enter_async_context(hub)
+            yield
+
+    return lifespan
 
 
 class _Server(uvicorn.Server):
@@ -101,7 +145,7 @@ def build_app(hub: Hub, settings: Settings, config: HandlerConfig | None = None)
             *demo,
             Mount("/", app=hub.api_app(api_key=settings.api_key, insecure=settings.api_insecure)),
         ],
-        lifespan=hub.lifespan,
+        lifespan=_lifespan(hub, settings, handler),
     )
 
 
@@ -153,6 +197,8 @@ def run(settings: Settings) -> int:
             "ws": settings.ws,
             "auth": ",".join(authenticator.algorithms)
             if isinstance(authenticator, JwtAuthenticator)
+            else "proxy"
+            if isinstance(authenticator, ConnectProxy)
             else "none",
         },
     )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from roomcast.core.namespaces import Namespace, parse_namespaces
 from roomcast.core.origins import is_origin_pattern
 
 __all__ = [
@@ -27,8 +28,10 @@ __all__ = [
     "choice",
     "flag",
     "integer",
+    "is_http_url",
     "is_prefix",
     "is_redis_url",
+    "namespaces",
     "number",
     "option_of",
     "optional_text",
@@ -344,6 +347,37 @@ def origins(doc: str, *, group: str) -> Metadata:
             expected="a comma-separated list of origins such as https://example.com"
             " or *.example.com",
             metavar="ORIGINS",
+        )
+    }
+
+
+def is_http_url(value: object) -> bool:
+    """Whether ``value`` is unset (None) or an ``http://`` / ``https://`` URL with a host."""
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _parse_namespaces(raw: object) -> tuple[Namespace, ...]:
+    # JSON text (a flag, the environment) or a TOML table; ConfigError says what is wrong.
+    if isinstance(raw, tuple) and all(isinstance(n, Namespace) for n in raw):
+        return raw
+    return parse_namespaces(raw)
+
+
+def namespaces(doc: str, *, group: str) -> Metadata:
+    """Metadata of the namespaces option (:func:`~roomcast.core.namespaces.parse_namespaces`)."""
+    return {
+        _METADATA_KEY: Option(
+            group=group,
+            doc=doc,
+            parse=_parse_namespaces,
+            check=lambda value: isinstance(value, tuple),
+            expected='a JSON object such as {"news:*": {"history_size": 10}}',
+            metavar="JSON",
         )
     }
 

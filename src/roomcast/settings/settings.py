@@ -21,12 +21,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
+from roomcast.core.namespaces import Namespace
 from roomcast.errors import ConfigError
 from roomcast.settings.options import (
     choice,
     integer,
+    is_http_url,
     is_prefix,
     is_redis_url,
+    namespaces,
     number,
     option_of,
     optional_text,
@@ -319,6 +322,74 @@ class Settings:
         metadata=switch("serve /api/* without any key (trusted networks only)", group="api"),
     )
 
+    # Rooms
+    namespaces: tuple[Namespace, ...] = field(
+        default=(),
+        metadata=namespaces(
+            'options per room pattern, as JSON (in the TOML file: [namespaces."news:*"]'
+            " tables); see docs/topics/namespaces.md",
+            group="rooms",
+        ),
+    )
+    # Backend integration
+    proxy_connect: str | None = field(
+        default=None,
+        metadata=optional_text(
+            "URL the backend decides connections at (instead of --jwt-*)",
+            group="integrations",
+            metavar="URL",
+            check=is_http_url,
+            expected="an http:// or https:// URL",
+        ),
+    )
+    proxy_join: str | None = field(
+        default=None,
+        metadata=optional_text(
+            "URL the backend decides joins at",
+            group="integrations",
+            metavar="URL",
+            check=is_http_url,
+            expected="an http:// or https:// URL",
+        ),
+    )
+    proxy_publish: str | None = field(
+        default=None,
+        metadata=optional_text(
+            "URL the backend decides client messages at",
+            group="integrations",
+            metavar="URL",
+            check=is_http_url,
+            expected="an http:// or https:// URL",
+        ),
+    )
+    proxy_timeout: float = field(
+        default=5.0,
+        metadata=number(
+            "seconds a proxy call may take before it counts as unavailable",
+            group="integrations",
+            strict=True,
+        ),
+    )
+    webhook_url: str | None = field(
+        default=None,
+        metadata=optional_text(
+            "URL room and member events are POSTed to, signed and batched",
+            group="integrations",
+            metavar="URL",
+            check=is_http_url,
+            expected="an http:// or https:// URL",
+        ),
+    )
+    webhook_secret: str | None = field(
+        default=None,
+        repr=False,
+        metadata=optional_text(
+            "HMAC-SHA256 key that signs the webhook requests",
+            group="integrations",
+            metavar="SECRET",
+            secret=True,
+        ),
+    )
     # Logging
     log_format: LogFormat = field(
         default="console",
@@ -367,8 +438,21 @@ class Settings:
             value = getattr(self, item.name)
             if not option.check(value):
                 raise ConfigError(problem(item.name, option, value))
-        if self.auth_required and self.jwt_secret is None and self.jwt_public_key is None:
-            raise ConfigError("--auth-required: needs --jwt-secret or --jwt-public-key")
+        if (
+            self.auth_required
+            and self.jwt_secret is None
+            and self.jwt_public_key is None
+            and self.proxy_connect is None
+        ):
+            raise ConfigError(
+                "--auth-required: needs --jwt-secret, --jwt-public-key or --proxy-connect"
+            )
+        if self.proxy_connect and (self.jwt_secret or self.jwt_public_key):
+            raise ConfigError(
+                "--proxy-connect: the backend decides connections; do not set --jwt-* with it"
+            )
+        if self.webhook_url and not self.webhook_secret:
+            raise ConfigError("--webhook-secret: is required with --webhook-url")
         if self.rate and self.rate_bytes and self.burst_bytes < self.max_message_bytes:
             raise ConfigError(
                 f"--burst-bytes: must be at least --max-message-bytes ({self.max_message_bytes}),"

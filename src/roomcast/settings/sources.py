@@ -60,6 +60,8 @@ _GROUP_TITLES: Final = {
     "redis": "redis (several servers)",
     "auth": "authentication",
     "api": "HTTP API",
+    "rooms": "rooms (namespaces)",
+    "integrations": "backend integration (proxy, webhooks)",
     "logging": "logging",
     "server": "server",
 }
