@@ -53,15 +53,28 @@ class Pod:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def url(self, user: str, room: str | None = None) -> str:
+        """The WebSocket URL that connects as ``user`` (to ``room``, when given)."""
+        path = f"/ws/{room}" if room else "/ws"
+        return f"ws://127.0.0.1:{self.port}{path}?user={user}"
+
 
 @contextlib.asynccontextmanager
 async def serving(
-    *, front: str = "native", broker: Broker | None = None, **settings: Any
+    *,
+    front: str = "native",
+    broker: Broker | None = None,
+    hub: Hub | None = None,
+    config: HandlerConfig | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Pod]:
-    """Serve a hub (on ``broker``, in memory when None) until the block ends."""
+    """Serve a hub until the block ends: ``hub``, or one built from the settings (on
+    ``broker``, in memory when None); ``config`` defaults to :func:`identify` users."""
     options = Settings(port=free_port(), ws=front, api_insecure=True, rate=0, **settings)
-    hub = Hub.from_settings(options, **({"broker": broker} if broker is not None else {}))
-    server = uvicorn.Server(uvicorn_config(hub, options, HandlerConfig(authenticator=identify)))
+    if hub is None:
+        hub = Hub.from_settings(options, **({"broker": broker} if broker is not None else {}))
+    config = config or HandlerConfig(authenticator=identify)
+    server = uvicorn.Server(uvicorn_config(hub, options, config))
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(10000 * MS):

@@ -10,32 +10,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import uvicorn
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from roomcast.app import Hub
-from roomcast.core.auth import ConnectRequest, Identity
 from roomcast.core.connection import Connection
 from roomcast.core.endpoint import HandlerConfig
 from roomcast.core.namespaces import Namespace
 from roomcast.protocol import Message, MessageType
-from roomcast.server.assemble import uvicorn_config
-from roomcast.settings import Settings
-from tests.support import MS, RECV_TIMEOUT, assert_silent, dumps, free_port, recv, recv_until
+from tests.control_support import Pod, identify
+from tests.control_support import serving as serve_pod
+from tests.support import MS, RECV_TIMEOUT, assert_silent, dumps, recv, recv_until
 
 Connect = Callable[..., Awaitable[ClientConnection]]
 MODES = ["native", "asgi"]
-
-
-def identify(request: ConnectRequest) -> Identity | None:
-    """``?user=NAME`` connects as NAME."""
-    user = request.query.get("user")
-    return Identity(user_id=user) if user else None
 
 
 async def members_only(conn: Connection, room: str) -> bool | str:
@@ -46,36 +37,13 @@ async def members_only(conn: Connection, room: str) -> bool | str:
     return True
 
 
-@dataclass
-class Pod:
-    hub: Hub
-    port: int
-
-    def url(self, user: str, room: str | None = None) -> str:
-        path = f"/ws/{room}" if room else "/ws"
-        return f"ws://127.0.0.1:{self.port}{path}?user={user}"
-
-
 @contextlib.asynccontextmanager
 async def serving(mode: str) -> AsyncIterator[Pod]:
     """A hub with namespaces and on_join, served on a free port until the block ends."""
-    options = Settings(port=free_port(), ws=mode, rate=0, api_insecure=True)
     hub = Hub(rate=0, namespaces=[Namespace("news:*", client_publish=False)])
     config = HandlerConfig(authenticator=identify, on_join=members_only)
-    server = uvicorn.Server(uvicorn_config(hub, options, config))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10000 * MS):
-            while not (server.started and hub.ready):
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn exited before it started")
-                await asyncio.sleep(5 * MS)
-        yield Pod(hub, options.port)
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(15000 * MS):
-            await task
+    async with serve_pod(front=mode, hub=hub, config=config) as pod:
+        yield pod
 
 
 @pytest.fixture(params=MODES)
