@@ -3,8 +3,10 @@
 :meth:`Commands.handle` is the hot path of every client frame: rate limits (in
 messages and in bytes, per connection; a connection that keeps pushing past
 them is closed with 1008), :func:`~roomcast.protocol.parse`, then one branch
-per message type — ``chat`` (through the endpoint's ``on_message`` hook, then
-the broker), ``ping``, ``join`` / ``leave`` (:mod:`roomcast.core.subscriptions`),
+per message type — ``chat`` (the room's namespace, the endpoint's
+``on_publish`` then ``on_message`` hooks, then the broker; a ``ref`` gets the
+``published`` ack from a callback on the broker's future), ``ping``,
+``join`` / ``leave`` (:mod:`roomcast.core.subscriptions`, after ``on_join``),
 ``presence`` (a status change, its announcements coalesced by
 :class:`~roomcast.core.presence.StatusCoalescer`) and ``auth``
 (:mod:`roomcast.core.refresh`). A frame the client got wrong is answered with an
@@ -264,6 +266,7 @@ class Commands:
         if hook is None:
             self._publish_from(conn, message, message.ref)
             return None
+        conn.answered = None  # set again if the hook sends its own error
         try:
             result = hook(conn, message)
         except Exception:
