@@ -4,17 +4,19 @@
 
 - ``POST /connect``: by the token — ``alice`` or ``bob``: that user (``bob``
   also gets ``channels: ["news"]``); ``deny``: error 403; ``nobody``: an error
-  without a code; ``anon``: an empty user; ``slow``: answers after 3 s;
+  without a code; ``kick``: a ``disconnect``; ``anon``: an empty user; ``slow``: answers after 3 s;
   ``broken``: HTTP 500; ``junk``: a body that is not JSON; ``bad``: a result with
   an invalid user.
-- ``POST /join``: room ``secret``: refused with "members only"; ``slow-*``:
+- ``POST /join``: room ``secret``: refused with "members only"; ``users-only``:
+  refused with "sign in first" for an anonymous user (``""``); ``slow-*``:
   after 3 s; ``broken``: HTTP 500; others allowed.
 - ``POST /publish``: ``data.text`` ``rude``: refused with "be nice"; ``shout``:
   allowed with ``{"text": "SHOUT"}``; ``slow``: after 3 s; others allowed.
 - ``POST /hooks`` records the body and headers of each webhook request
   (verifying the signature with SECRET); ``POST /hooks-flaky`` answers 500 twice,
-  then records like ``/hooks``; ``GET /log`` returns what was recorded, and the
-  calls made to every path.
+  then records like ``/hooks``; ``POST /hooks-stall`` answers after 10 s.
+- ``GET /log`` returns what was recorded, the calls made to every path, and the
+  last body each proxy path received.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from starlette.routing import Route
 SECRET = sys.argv[2] if len(sys.argv) > 2 else "secret"
 calls: Counter[str] = Counter()
 hooks: list[dict[str, Any]] = []
+last: dict[str, Any] = {}
 
 
 def answer(obj: object, status: int = 200) -> Response:
@@ -44,7 +47,7 @@ def answer(obj: object, status: int = 200) -> Response:
 
 async def connect(request: Request) -> Response:
     calls["connect"] += 1
-    body = orjson.loads(await request.body())
+    body = last["connect"] = orjson.loads(await request.body())
     token = body.get("token")
     if token in ("alice", "bob"):
         result: dict[str, Any] = {"user": token, "info": {"name": token.title()}}
@@ -53,6 +56,8 @@ async def connect(request: Request) -> Response:
         return answer({"result": result})
     if token == "deny":
         return answer({"error": {"code": 403, "message": "banned"}})
+    if token == "kick":
+        return answer({"disconnect": {"code": 4500, "reason": "kicked"}})
     if token == "nobody":
         return answer({"error": {"message": "who are you?"}})
     if token == "anon":
@@ -71,10 +76,12 @@ async def connect(request: Request) -> Response:
 
 async def join(request: Request) -> Response:
     calls["join"] += 1
-    body = orjson.loads(await request.body())
+    body = last["join"] = orjson.loads(await request.body())
     room = body["room"]
     if room == "secret":
         return answer({"error": {"message": "members only"}})
+    if room == "users-only" and body["user"] == "":
+        return answer({"error": {"message": "sign in first"}})
     if room.startswith("slow-"):
         await asyncio.sleep(3)
     if room == "broken":
@@ -84,7 +91,7 @@ async def join(request: Request) -> Response:
 
 async def publish(request: Request) -> Response:
     calls["publish"] += 1
-    body = orjson.loads(await request.body())
+    body = last["publish"] = orjson.loads(await request.body())
     text = (body.get("data") or {}).get("text")
     if text == "rude":
         return answer({"error": {"message": "be nice"}})
@@ -125,8 +132,14 @@ async def flaky(request: Request) -> Response:
     return await record(request)
 
 
+async def stall(request: Request) -> Response:
+    calls["hooks-stall"] += 1
+    await asyncio.sleep(10)
+    return await record(request)
+
+
 async def log(request: Request) -> Response:
-    return answer({"calls": dict(calls), "hooks": hooks})
+    return answer({"calls": dict(calls), "hooks": hooks, "last": last})
 
 
 app = Starlette(
@@ -136,9 +149,16 @@ app = Starlette(
         Route("/publish", publish, methods=["POST"]),
         Route("/hooks", webhook, methods=["POST"]),
         Route("/hooks-flaky", flaky, methods=["POST"]),
+        Route("/hooks-stall", stall, methods=["POST"]),
         Route("/log", log),
     ]
 )
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+    )

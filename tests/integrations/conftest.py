@@ -51,11 +51,12 @@ class Backend(ChildServer):
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[Backend]:
-    server = Backend().wait_ready()
+    server = Backend()
     try:
-        yield server
+        yield server.wait_ready()
     finally:
         server.stop()
+        Path(server.log.name).unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from roomcast.errors import ConfigError
+from roomcast.integrations.proxy import shown_url
 from roomcast.settings import Settings
 from tests.integrations.conftest import Backend
 from tests.server.test_auth_server import status_of, welcome
@@ -27,6 +28,7 @@ from tests.support import (
     recv_type,
     recv_until,
     running_server,
+    until,
     ws_connect,
 )
 
@@ -49,6 +51,20 @@ def proxied(request: pytest.FixtureRequest, backend: Backend) -> Iterator[Server
 
 def url(server: ServerProcess, token: str, room: str = "") -> str:
     return f"{server.ws}{'/' + room if room else ''}?token={token}"
+
+
+async def join(ws: Any, room: str, ref: str) -> dict[str, Any]:
+    await ws.send(dumps({"type": "join", "room": room, "ref": ref}))
+    reply = await recv_until(ws, lambda m: m["data"].get("ref") == ref)
+    return dict(reply)
+
+
+async def publish(ws: Any, text: str, ref: str) -> dict[str, Any]:
+    await ws.send(dumps({"type": "chat", "data": {"text": text}, "ref": ref}))
+    reply = await recv_until(
+        ws, lambda m: m["type"] in ("error", "system") and m["data"].get("ref") == ref
+    )
+    return dict(reply)
 
 
 async def test_connect_allowed_takes_the_backends_user(proxied: ServerProcess) -> None:
@@ -82,6 +98,7 @@ async def test_connect_anonymous_when_the_backend_names_nobody(proxied: ServerPr
     ("token", "status", "text"),
     [
         ("deny", 403, b"banned"),
+        ("kick", 403, b"kicked"),
         ("nobody", 401, b"who are you?"),
         ("missing", 401, b"no token"),
         ("broken", 503, b"connect proxy unavailable"),
@@ -105,17 +122,66 @@ async def test_connect_timeout_is_503_within_the_timeout(proxied: ServerProcess)
     assert took < 2.5, f"waited {took:.1f} s for a backend that answers after 3 s"
 
 
-async def test_connect_backend_down_is_503(down_url: str) -> None:
+async def test_connect_backend_down_is_503_and_logged_without_the_token(down_url: str) -> None:
+    token = "alice-0123456789-very-secret"
     with running_server("--proxy-connect", down_url) as server:
-        got, body = await status_of(url(server, "alice"))
+        got, body = await status_of(url(server, token), additional_headers={"Cookie": token})
+        await until(lambda: "connect proxy unavailable" in server.output(), timeout=2000 * MS)
+        log = server.output()
     assert got == 503
     assert b"connect proxy unavailable" in body
+    assert "ConnectError" in log  # why, and ...
+    assert token not in log  # ... never the credentials
 
 
-async def join(ws: Any, room: str, ref: str) -> dict[str, Any]:
-    await ws.send(dumps({"type": "join", "room": room, "ref": ref}))
-    reply = await recv_until(ws, lambda m: m["data"].get("ref") == ref)
-    return dict(reply)
+async def test_the_backend_gets_the_documented_bodies(
+    proxied: ServerProcess, backend: Backend
+) -> None:
+    ws = await ws_connect(
+        url(proxied, "alice", "lobby"),
+        user_agent_header="proxy-test/1",
+        additional_headers={"X-Internal": "not forwarded", "Cookie": "session=1"},
+    )
+    data = await welcome(ws)
+    sent = backend.log_entries()["last"]
+    assert isinstance(sent, dict)
+    assert sent["connect"] == {
+        "transport": "websocket",
+        "client": "127.0.0.1",
+        "room": "lobby",
+        "token": "alice",
+        "headers": {"user-agent": "proxy-test/1", "cookie": "session=1"},
+    }
+    assert sent["join"] == {
+        "user": "alice",
+        "connection_id": data["connection_id"],
+        "room": "lobby",
+        "info": {"name": "Alice"},
+    }
+    await publish(ws, "hello", "b1")
+    sent = backend.log_entries()["last"]
+    assert isinstance(sent, dict)
+    assert sent["publish"] == {
+        "user": "alice",
+        "connection_id": data["connection_id"],
+        "room": "lobby",
+        "data": {"text": "hello"},
+    }
+    await ws.close()
+
+
+async def test_an_anonymous_user_is_an_empty_user_for_the_backend(
+    proxied: ServerProcess,
+) -> None:
+    anon = await ws_connect(url(proxied, "anon"))
+    await welcome(anon)
+    refused = await join(anon, "users-only", "a1")
+    assert refused["data"] == {"code": "forbidden_room", "error": "sign in first", "ref": "a1"}
+    alice = await ws_connect(url(proxied, "alice"))
+    await welcome(alice)
+    assert (await join(alice, "users-only", "a2"))["data"]["event"] == "joined"
+    await anon.close()
+    await alice.close()
 
 
 async def test_join_allowed_refused_slow_and_broken(proxied: ServerProcess) -> None:
@@ -143,14 +209,6 @@ async def test_the_connect_url_room_refused_closes_4503(proxied: ServerProcess) 
         await recv_type(ws, "system")
     assert ws.close_code == 4503
     assert ws.close_reason == "members only"
-
-
-async def publish(ws: Any, text: str, ref: str) -> dict[str, Any]:
-    await ws.send(dumps({"type": "chat", "data": {"text": text}, "ref": ref}))
-    reply = await recv_until(
-        ws, lambda m: m["type"] in ("error", "system") and m["data"].get("ref") == ref
-    )
-    return dict(reply)
 
 
 async def test_publish_allowed_replaced_refused_and_slow(proxied: ServerProcess) -> None:
@@ -189,3 +247,10 @@ def test_settings_refuse_a_connect_proxy_with_jwt_and_bad_urls() -> None:
     with pytest.raises(ConfigError, match="--webhook-secret"):
         Settings(webhook_url="http://127.0.0.1:1/hooks")
     assert Settings(proxy_connect="https://auth.example.com/c", auth_required=True).auth_required
+
+
+def test_logged_urls_lose_their_credentials_and_query() -> None:
+    assert shown_url("https://user:pw@app.example.com:8443/c?key=k#top") == (
+        "https://app.example.com:8443/c"
+    )
+    assert shown_url("http://[::1]:9000/join") == "http://[::1]:9000/join"

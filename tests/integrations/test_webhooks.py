@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,15 @@ from roomcast.errors import ConfigError
 from roomcast.integrations import Webhooks, sign
 from tests.integrations.conftest import SECRET, Backend
 from tests.server.test_auth_server import welcome
-from tests.support import MS, dumps, recv_until, running_server, until, ws_connect
+from tests.support import (
+    MS,
+    ServerProcess,
+    dumps,
+    recv_until,
+    running_server,
+    until,
+    ws_connect,
+)
 
 
 def hooks_at(backend: Backend, path: str) -> list[dict[str, Any]]:
@@ -64,6 +73,21 @@ async def test_room_and_member_events_reach_the_backend_signed(backend: Backend)
     assert all(h["signed"] for h in hooks_at(backend, "/hooks"))
 
 
+async def test_sigterm_sends_the_events_of_the_shutdown(backend: Backend) -> None:
+    room = "shutdown-room"
+    server = ServerProcess("--webhook-url", backend.url("hooks"), "--webhook-secret", SECRET)
+    try:
+        server.wait_ready()
+        ws = await ws_connect(f"{server.ws}/{room}")
+        await welcome(ws)
+        await until(lambda: len(events_at(backend, "/hooks", room)) >= 2, timeout=3000 * MS)
+        assert server.stop() == 0  # SIGTERM: the hub closes the connection, then webhooks flush
+    finally:
+        server.cleanup()
+    names = [name for name, _ in events_at(backend, "/hooks", room)]
+    assert names == ["room_occupied", "member_online", "member_offline", "room_vacated"]
+
+
 async def test_a_failing_backend_gets_the_batch_after_retries(backend: Backend) -> None:
     async with Hub() as hub:
         webhooks = Webhooks(hub, backend.url("hooks-flaky"), SECRET, backoff=0.05)
@@ -95,11 +119,14 @@ async def test_a_dead_backend_costs_a_bounded_queue(down_url: str) -> None:
 
 async def test_close_flushes_what_is_queued_in_batches(backend: Backend) -> None:
     async with Hub() as hub:
-        webhooks = Webhooks(hub, backend.url("hooks"), SECRET, batch_size=4, batch_wait=1.0)
+        webhooks = Webhooks(hub, backend.url("hooks"), SECRET, batch_size=4, batch_wait=2.0)
         async with webhooks:
             for n in range(10):
                 hub.events.emit(HubEvent.MEMBER_ONLINE, "flush-room", f"u{n}")
-        # Closed at once: the batch wait did not hold the events back.
+            started = time.monotonic()
+        took = time.monotonic() - started
+        # Closing sent everything at once: the 2 s batch wait did not hold the last two back.
+        assert took < 1.5, f"close took {took:.1f} s"
         got = events_at(backend, "/hooks", "flush-room")
         assert got == [("member_online", f"u{n}") for n in range(10)]
         sizes = [
@@ -108,6 +135,24 @@ async def test_close_flushes_what_is_queued_in_batches(backend: Backend) -> None
             if h["body"]["events"][0]["room"] == "flush-room"
         ]
         assert sizes == [4, 4, 2]
+        assert sample(hub, "realtime_webhook_events_total", outcome="sent") == 10
+
+
+async def test_close_gives_up_at_its_deadline_and_counts_the_rest(backend: Backend) -> None:
+    async with Hub() as hub:
+        webhooks = Webhooks(
+            hub, backend.url("hooks-stall"), SECRET, batch_size=2, batch_wait=0, flush_timeout=0.3
+        )
+        async with webhooks:
+            for n in range(5):
+                hub.events.emit(HubEvent.MEMBER_ONLINE, "stall-room", f"u{n}")
+            await until(lambda: backend.log_entries()["calls"].get("hooks-stall"))  # type: ignore[attr-defined]
+            started = time.monotonic()
+        took = time.monotonic() - started
+        assert took < 1.5, f"close took {took:.1f} s with a 0.3 s flush deadline"
+        # The batch in flight and the three queued behind it: none delivered, all counted.
+        assert sample(hub, "realtime_webhook_events_total", outcome="dropped") == 5
+        assert sample(hub, "realtime_webhook_events_total", outcome="sent") == 0
 
 
 def test_the_signature_is_an_hmac_of_timestamp_and_body() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from roomcast.core.namespaces import Namespace
 from roomcast.errors import ConfigError
-from roomcast.settings import Settings, load_settings
+from roomcast.settings import Settings, build_parser, load_settings
 
 NEWS = '{"news:*": {"history_size": 10, "client_publish": false}}'
 
@@ -42,7 +42,7 @@ def test_bad_namespaces_say_what_is_wrong(value: str, says: str) -> None:
     assert says in str(caught.value)
 
 
-def test_proxy_and_webhook_options(tmp_path: Path) -> None:
+def test_proxy_and_webhook_options() -> None:
     settings = load_settings(
         ["--proxy-join", "http://127.0.0.1:9/join", "--proxy-timeout", "1.5"],
         {
@@ -64,3 +64,58 @@ def test_auth_required_is_satisfied_by_a_connect_proxy() -> None:
     with pytest.raises(ConfigError, match="--proxy-connect"):
         Settings(auth_required=True)
     assert Settings(auth_required=True, proxy_connect="http://127.0.0.1:9/c").auth_required
+
+
+def test_proxy_and_webhook_options_from_a_toml_file(tmp_path: Path) -> None:
+    config = tmp_path / "roomcast.toml"
+    config.write_text(
+        'proxy_connect = "https://app.example.com/connect"\n'
+        'proxy_publish = "https://app.example.com/publish"\n'
+        "proxy_timeout = 2\n"
+        'webhook_url = "https://app.example.com/hooks"\n'
+        'webhook_secret = "from-the-file"\n'
+    )
+    settings = load_settings(
+        ["--config", str(config), "--proxy-timeout", "0.5"],
+        {"ROOMCAST_WEBHOOK_SECRET": "from-the-env"},
+    )
+    assert settings.proxy_connect == "https://app.example.com/connect"
+    assert settings.proxy_publish == "https://app.example.com/publish"
+    assert settings.proxy_join is None
+    assert settings.proxy_timeout == 0.5  # flag > file
+    assert settings.webhook_secret == "from-the-env"  # environment > file
+    assert load_settings(["--config", str(config)], {}).proxy_timeout == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "says"),
+    [
+        ([], {"ROOMCAST_PROXY_TIMEOUT": "soon"}, "--proxy-timeout (from ROOMCAST_PROXY_TIMEOUT)"),
+        (["--proxy-timeout", "-1"], {}, "--proxy-timeout"),
+        (["--proxy-connect", "app.example.com/connect"], {}, "--proxy-connect"),
+        (["--proxy-join", "http:///no-host"], {}, "--proxy-join"),
+        (["--webhook-url", "redis://127.0.0.1/0"], {}, "--webhook-url"),
+        (["--webhook-url", "https://app.example.com/hooks"], {}, "--webhook-secret: is required"),
+    ],
+)
+def test_bad_proxy_and_webhook_values_name_the_option(
+    argv: list[str], env: dict[str, str], says: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(argv, env)
+    assert str(caught.value).startswith(says)
+
+
+def test_the_webhook_secret_never_shows_in_errors_or_help() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            ["--webhook-secret", "hush-hush-0123", "--proxy-connect", "http://a/c"],
+            {"ROOMCAST_JWT_SECRET": "j" * 32},
+        )
+    assert "hush-hush-0123" not in str(caught.value)
+    assert "--proxy-connect" in str(caught.value)
+    help_text = build_parser().format_help()
+    assert "backend integration (proxy, webhooks)" in help_text
+    for name in ("--proxy-connect", "--proxy-join", "--proxy-publish", "--proxy-timeout"):
+        assert name in help_text
+    assert "--webhook-url" in help_text and "--webhook-secret" in help_text

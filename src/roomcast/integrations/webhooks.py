@@ -22,8 +22,9 @@ emitted once in the cluster) and sends them to one URL:
   that is down costs a bounded amount of memory.
 
 Events are sent in order, one request at a time. Open it with ``async with``
-(it starts one supervised task); closing flushes what waits for up to
-``flush_timeout`` seconds. Metrics, on the hub's registry:
+(it starts one supervised task); closing stops listening, sends what waits at
+once (no batch wait) for up to ``flush_timeout`` seconds, and counts what is
+still not delivered as dropped. Metrics, on the hub's registry:
 ``realtime_webhook_events_total{outcome="sent"|"dropped"|"failed"}`` and
 ``realtime_webhook_requests_total{result}``.
 """
@@ -31,6 +32,7 @@ Events are sent in order, one request at a time. Open it with ``async with``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -79,7 +81,7 @@ class Webhooks:
         clock: wall-clock seconds, for the timestamps.
 
     Raises:
-        ConfigError: a bad URL, an empty secret or a bound below 1.
+        ConfigError: a bad URL, an empty secret, a bound below 1 or a negative time.
     """
 
     def __init__(
@@ -103,6 +105,10 @@ class Webhooks:
             raise ConfigError("--webhook-secret: is required with --webhook-url")
         if min(batch_size, max_queue, max_attempts) < 1:
             raise ConfigError("webhooks: batch_size, max_queue and max_attempts must be >= 1")
+        if min(batch_wait, backoff, flush_timeout) < 0 or not timeout > 0:
+            raise ConfigError(
+                "webhooks: batch_wait, backoff and flush_timeout must be >= 0, timeout > 0"
+            )
         self.url = url
         self._secret = secret
         self._hub = hub
@@ -116,12 +122,14 @@ class Webhooks:
         self._clock = clock
         self._queue: deque[dict[str, Any]] = deque()
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._closing = asyncio.Event()
+        self._drained = asyncio.Event()  # nothing queued, nothing in flight
+        self._drained.set()
         self._loops = Supervisor()
         self._client: httpx.AsyncClient | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._warned_at = 0.0
+        self._in_flight = 0  # events of the batch being delivered
         registry = hub.metrics.registry
         self._events = Counter(
             "realtime_webhook_events",
@@ -144,18 +152,29 @@ class Webhooks:
     async def __aenter__(self) -> Self:
         self._client = httpx.AsyncClient(timeout=self.timeout)
         self._unsubscribe = self._hub.events.subscribe(self._on_event)
-        self._loops.start("webhooks", self._run)
+        self._loops.start("webhooks", self._run, recover=self._recover)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        deadline = time.monotonic() + self.flush_timeout
-        while (self._queue or not self._idle.is_set()) and time.monotonic() < deadline:
-            self._wake.set()
-            await asyncio.sleep(0.01)
+        # Flush: no more batch waits; what cannot go out by the deadline is dropped.
+        self._closing.set()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), self.flush_timeout)
         await self._loops.close()
+        lost = len(self._queue) + self._in_flight
+        self._queue.clear()
+        self._in_flight = 0
+        if lost:
+            self._events.labels(outcome="dropped").inc(lost)
+            _log.warning(
+                "webhooks closed with %d event(s) not delivered within %g s",
+                lost,
+                self.flush_timeout,
+            )
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -179,6 +198,7 @@ class Webhooks:
                 self._warned_at = now
                 _log.warning("webhook queue full (%d events): dropping the oldest", self.max_queue)
         queue.append(entry)
+        self._drained.clear()
         self._wake.set()
 
     # -- events out ------------------------------------------------------------------
@@ -189,14 +209,22 @@ class Webhooks:
             await self._wake.wait()
             self._wake.clear()
             while queue:
-                self._idle.clear()
                 if len(queue) < self.batch_size and self.batch_wait > 0:
-                    await asyncio.sleep(self.batch_wait)  # let a burst gather
+                    # Let a burst gather, unless closing wants everything out now.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), self.batch_wait)
                 batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
-                try:
-                    await self._deliver(batch)
-                finally:
-                    self._idle.set()
+                self._in_flight = len(batch)
+                await self._deliver(batch)  # cancelled by close: the batch counts as dropped
+                self._in_flight = 0
+            self._drained.set()
+
+    def _recover(self) -> None:
+        # The loop failed (a bug, not the backend): its batch is lost; the supervisor restarts it.
+        if self._in_flight:
+            self._events.labels(outcome="failed").inc(self._in_flight)
+            self._in_flight = 0
+        self._wake.set()
 
     async def _deliver(self, batch: list[dict[str, Any]]) -> None:
         body = orjson.dumps({"time_ms": int(self._clock() * 1000), "events": batch})
