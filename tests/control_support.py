@@ -11,7 +11,6 @@ named by the ``user`` query parameter (:func:`identify`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from roomcast.core.auth import ConnectRequest, Identity
 from roomcast.core.endpoint import HandlerConfig
 from roomcast.server.assemble import uvicorn_config
 from roomcast.settings import Settings
-from tests.support import MS, RECV_TIMEOUT, free_port, recv
+from tests.support import MS, RECV_TIMEOUT, free_port, recv, served_in_loop
 
 Connect = Callable[..., Awaitable[ClientConnection]]
 
@@ -75,19 +74,14 @@ async def serving(
         hub = Hub.from_settings(options, **({"broker": broker} if broker is not None else {}))
     config = config or HandlerConfig(authenticator=identify)
     server = uvicorn.Server(uvicorn_config(hub, options, config))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10000 * MS):
-            while not (server.started and hub.ready):
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn exited before it started")
-                await asyncio.sleep(5 * MS)
+    pod_hub = hub  # narrowed, for the lambda
+    async with served_in_loop(
+        server,
+        ready=lambda: pod_hub.ready,
+        start_within=10000 * MS,
+        stop_within=15000 * MS,
+    ):
         yield Pod(hub, options.port)
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(15000 * MS):
-            await task
 
 
 async def connect(

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -142,6 +142,35 @@ def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[Se
         yield server.wait_ready()
     finally:
         server.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def served_in_loop(
+    server: Any,
+    *,
+    ready: Callable[[], bool] = lambda: True,
+    start_within: float = 5000 * MS,
+    stop_within: float = 10000 * MS,
+) -> AsyncIterator[None]:
+    """Run a ``uvicorn.Server`` in this event loop until the block ends.
+
+    Enters once it has started and ``ready()`` holds (within ``start_within``,
+    raising what stopped it if it exited first); on exit asks it to stop and
+    waits for that within ``stop_within``.
+    """
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(start_within):
+            while not (server.started and ready()):
+                if task.done():
+                    task.result()  # raises what stopped it
+                    raise RuntimeError("uvicorn exited before it started")
+                await asyncio.sleep(5 * MS)
+        yield
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(stop_within):
+            await task
 
 
 def dumps(obj: Any) -> str:

@@ -27,7 +27,7 @@ from starlette.routing import Mount
 
 from roomcast import HandlerConfig, Hub, Message, MessageType
 from roomcast.client import Client, Gap, RoomLeft, RoomStatus, State, StateChange, connect
-from tests.support import MS, ServerProcess, api, free_port
+from tests.support import MS, ServerProcess, api, free_port, served_in_loop
 
 SECRET = "roomcast-client-tests-secret-0123456789abcdef"
 
@@ -239,16 +239,5 @@ async def serving(config: HandlerConfig) -> AsyncIterator[Served]:
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, ws="websockets-sansio")
     )
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(5000 * MS):
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn exited before it started")
-                await asyncio.sleep(10 * MS)
+    async with served_in_loop(server):
         yield Served(hub, port)
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(10000 * MS):
-            await task

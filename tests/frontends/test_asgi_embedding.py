@@ -30,6 +30,7 @@ from tests.support import (
     recv,
     recv_type,
     recv_until,
+    served_in_loop,
 )
 
 Connect = Callable[..., Awaitable[ClientConnection]]
@@ -90,19 +91,8 @@ async def serving(framework: str, config: HandlerConfig) -> AsyncIterator[Served
             ws="websockets-sansio",  # what `roomcast serve --ws asgi` uses
         )
     )
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(5000 * MS):
-            while not server.started:
-                if task.done():
-                    task.result()  # raises what stopped it
-                    raise RuntimeError("uvicorn exited before it started")
-                await asyncio.sleep(10 * MS)
+    async with served_in_loop(server):
         yield Served(hub, port)
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(10000 * MS):
-            await task
     assert not hub.started, "the lifespan did not close the hub"
 
 
