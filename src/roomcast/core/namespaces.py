@@ -174,6 +174,8 @@ class Namespaces:
 
     def __call__(self, room: str) -> RoomOptions:
         """The options of ``room``."""
+        if not self._compiled:  # no namespace: nothing to look up or cache
+            return self.defaults
         cached = self._cache.get(room)
         if cached is not None:
             return cached
