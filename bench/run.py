@@ -14,7 +14,8 @@ Examples::
     python bench/run.py --only fanout,rooms --servers roomcast,websockets --repeat 5
 
 Servers: ``roomcast`` (native WebSocket path), ``roomcast-asgi`` (``--ws asgi``),
-``websockets`` (``bench/peers/websockets_broadcast.py``) and ``starlette``
+``websockets`` (``bench/peers/websockets_broadcast.py``), ``picows``
+(``bench/peers/picows_server.py``: the same peer on picows and orjson) and ``starlette``
 (``bench/peers/starlette_loop.py``). The ``ceiling`` scenario always runs against
 ``bench/blaster.py``.
 
@@ -60,9 +61,11 @@ def pick_cores() -> tuple[str, str] | None:
 #: Set by ``main`` from ``pick_cores()``.
 SERVER_CORE, LOADGEN_CORE = "0", "1"
 
-ALL_SERVERS = ("roomcast", "roomcast-asgi", "websockets", "starlette")
+ALL_SERVERS = ("roomcast", "roomcast-asgi", "websockets", "picows", "starlette")
 ALL_SCENARIOS = ("ceiling", "fanout", "rooms", "rate", "idle")
 BASELINE = "websockets"
+#: Second reference for the ratios: the fastest peer, the same JSON work on picows.
+FAST_PEER = "picows"
 THROUGHPUT_SCENARIOS = ("fanout", "rooms")
 ROOMCAST_ARGS = "--rate 0 --max-connections 20000 --send-queue 4096 --log-level warning"
 
@@ -70,6 +73,7 @@ LABELS = {
     "roomcast": "roomcast (native)",
     "roomcast-asgi": "roomcast (--ws asgi)",
     "websockets": "websockets.broadcast",
+    "picows": "picows + orjson",
     "starlette": "Starlette loop",
     "blaster": "loadgen ceiling",
 }
@@ -273,6 +277,7 @@ def server_argv(name: str, port: int, roomcast: list[str] | None, roomcast_args:
         return argv
     script = {
         "websockets": BENCH / "peers" / "websockets_broadcast.py",
+        "picows": BENCH / "peers" / "picows_server.py",
         "starlette": BENCH / "peers" / "starlette_loop.py",
         "blaster": BENCH / "blaster.py",
     }[name]
@@ -505,22 +510,60 @@ def summarize(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
             row[key] = median([getattr(run, key) for run in ok])
         rows.append(row)
     for row in rows:
-        base = next(
-            (r for r in rows if r["scenario"] == row["scenario"] and r["server"] == BASELINE), None
-        )
-        ratio = None
-        if (
-            row["scenario"] in THROUGHPUT_SCENARIOS
-            and base
-            and base["deliveries_per_s"]
-            and row["deliveries_per_s"] is not None
-        ):
-            ratio = row["deliveries_per_s"] / base["deliveries_per_s"]
-        row["ratio_vs_websockets"] = ratio
+        row["ratio_vs_websockets"] = ratio_to(rows, row, BASELINE)
+        row["ratio_vs_picows"] = ratio_to(rows, row, FAST_PEER)
     order = {name: i for i, name in enumerate((*ALL_SCENARIOS,))}
     server_order = {name: i for i, name in enumerate((*ALL_SERVERS, "blaster"))}
     rows.sort(key=lambda r: (order.get(r["scenario"], 99), server_order.get(r["server"], 99)))
     return rows
+
+
+def ratio_to(rows: Sequence[dict[str, Any]], row: dict[str, Any], server: str) -> float | None:
+    """``row``'s median deliveries/s over ``server``'s in the same throughput scenario."""
+    base = next(
+        (r for r in rows if r["scenario"] == row["scenario"] and r["server"] == server), None
+    )
+    if (
+        row["scenario"] in THROUGHPUT_SCENARIOS
+        and base
+        and base["deliveries_per_s"]
+        and row["deliveries_per_s"] is not None
+    ):
+        return float(row["deliveries_per_s"] / base["deliveries_per_s"])
+    return None
+
+
+def ratio_lines(rows: Sequence[dict[str, Any]], runs: Sequence[RunResult]) -> list[str]:
+    """Per throughput scenario: roomcast's deliveries/s over each reference peer's, of the
+    medians and of each repeat (the servers of one repeat run back to back, so a per-repeat
+    ratio compares runs made under the same load on the machine)."""
+    by_key = {(r["scenario"], r["server"]): r for r in rows}
+    lines = []
+    for scenario in THROUGHPUT_SCENARIOS:
+        mine = by_key.get((scenario, "roomcast"))
+        if mine is None:
+            continue
+        rate = {
+            (run.server, run.repeat): run.deliveries_per_s
+            for run in runs
+            if run.scenario == scenario and run.ok and run.deliveries_per_s
+        }
+        parts = []
+        for peer, key in ((BASELINE, "ratio_vs_websockets"), (FAST_PEER, "ratio_vs_picows")):
+            if mine[key] is None:
+                continue
+            each = [
+                f"{rate['roomcast', n] / rate[peer, n]:.2f}"
+                for server, n in sorted(rate)
+                if server == "roomcast" and (peer, n) in rate
+            ]
+            text = f"roomcast / {peer} **{mine[key]:.2f}x**"
+            if len(each) > 1:
+                text += f" (each repeat: {', '.join(each)})"
+            parts.append(text)
+        if parts:
+            lines.append(f"{scenario}: " + "; ".join(parts))
+    return lines
 
 
 def fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -535,13 +578,15 @@ SERVER_IDLE_PCT = 90.0
 NOISY_PCT = 10.0
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table of medians, with footnotes for loadgen-bound or noisy rows."""
+def markdown_table(rows: Sequence[dict[str, Any]], runs: Sequence[RunResult] = ()) -> str:
+    """Markdown table of medians, with footnotes for loadgen-bound or noisy rows, then the
+    roomcast / websockets and roomcast / picows ratios of deliveries/s (given the ``runs``,
+    also per repeat)."""
     header = (
-        "| scenario | server | deliveries/s | vs websockets | p50 | p99 | loss (worst) "
-        f"| per CPU-second (c) | RSS/idle conn | core{SERVER_CORE} / core{LOADGEN_CORE} busy "
-        "| other CPU |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        f"| scenario | server | deliveries/s | vs {BASELINE} | vs {FAST_PEER} | p50 | p99 "
+        f"| loss (worst) | per CPU-second (c) | RSS/idle conn "
+        f"| core{SERVER_CORE} / core{LOADGEN_CORE} busy | other CPU |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     notes: set[str] = set()
@@ -549,7 +594,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         label = LABELS.get(row["server"], row["server"])
         if row["failed"] == row["runs"]:
             first = (row["errors"] or ["?"])[0].splitlines()[0].replace("|", "\\|")
-            lines.append(f"| {row['scenario']} | {label} | FAILED: {first} |{' |' * 8}")
+            lines.append(f"| {row['scenario']} | {label} | FAILED: {first} |{' |' * 9}")
             continue
         loss = row["loss_max"]
         loss_text = "-" if loss is None else ("0" if loss == 0 else f"{100 * loss:.3f}%")
@@ -582,7 +627,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             cores = f"{row['core0_pct']:.0f}% / {row['core1_pct']:.0f}%"
         lines.append(
             f"| {row['scenario']} | {label} | {rate} "
-            f"| {fmt(row['ratio_vs_websockets'], '.2f', 'x')} | {fmt(row['p50_ms'], '.1f', ' ms')} "
+            f"| {fmt(row['ratio_vs_websockets'], '.2f', 'x')} "
+            f"| {fmt(row['ratio_vs_picows'], '.2f', 'x')} | {fmt(row['p50_ms'], '.1f', ' ms')} "
             f"| {fmt(row['p99_ms'], '.1f', ' ms')} | {loss_text} | {per_cpu} "
             f"| {fmt(row['rss_per_conn_kib'], '.1f', ' KiB')} | {cores} | {other} |"
         )
@@ -604,6 +650,9 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{100 * fastest / ceiling:.0f}% of it."
         )
     footer = "".join(f"\n{note}\n" for note in sorted(notes))
+    ratios = ratio_lines(rows, runs)
+    if ratios:
+        footer += "\nDeliveries/s ratios (medians):\n\n" + "".join(f"- {r}\n" for r in ratios)
     return header + "\n".join(lines) + "\n" + footer
 
 
@@ -733,12 +782,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = loadgen_args_for(scenario, args)
         for repeat in range(1, args.repeat + 1):
             for server in targets:
-                run = run_once(server, scenario, repeat, extra, roomcast, args.roomcast_args, logs)
+                run = run_once(
+                    server,
+                    scenario,
+                    repeat,
+                    extra,
+                    roomcast,
+                    args.roomcast_args,
+                    logs,
+                    quiet_wait=args.quiet_wait,
+                )
                 runs.append(run)
                 print(progress_line(run), file=sys.stderr, flush=True)
 
     rows = summarize(runs)
-    table = markdown_table(rows)
+    table = markdown_table(rows, runs)
     print(table)
     if skipped:
         print(f"Skipped (roomcast not importable): {', '.join(skipped)}\n")
