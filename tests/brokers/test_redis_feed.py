@@ -12,15 +12,16 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roomcast.brokers.redis.feed import Feed
+from roomcast.brokers.redis.feed import WINDOW, Feed, Reset
 from roomcast.protocol import Encoded
 
 ROOM = "r"
 
 
-def msg(offset: int | None, room: str = ROOM) -> Encoded:
+def msg(offset: int | None, room: str = ROOM, *, tag: str = "id") -> Encoded:
+    """A message at ``offset``; its id is ``<tag>-<offset>`` (another tag: another message)."""
     obj: dict[str, object] = {
-        "id": f"id-{offset}",
+        "id": f"{tag}-{offset}",
         "type": "chat" if offset is not None else "presence",
         "room": room,
         "data": {},
@@ -35,9 +36,9 @@ def offsets(items: list[Encoded]) -> list[int | None]:
     return [e.message.offset if e.message is not None else None for e in items]
 
 
-def history(last: int, after: int, *, first: int = 1) -> list[Encoded]:
+def history(last: int, after: int, *, first: int = 1, tag: str = "id") -> list[Encoded]:
     """Retained messages ``first..last`` after offset ``after``."""
-    return [msg(o) for o in range(max(first, after + 1), last + 1)]
+    return [msg(o, tag=tag) for o in range(max(first, after + 1), last + 1)]
 
 
 def test_in_order_publications_are_delivered_and_advance_the_position() -> None:
@@ -123,13 +124,19 @@ def test_an_incomplete_read_continues_from_where_it_ended() -> None:
     assert offsets(out) == [5, 6, 7, 8, 9] and repair.done
 
 
-def test_another_epoch_restarts_the_position() -> None:
+def test_another_epoch_resets_the_room_from_its_new_history() -> None:
     feed = Feed()
     for o in (1, 2, 3):
         feed.receive(ROOM, "old", msg(o))
-    assert feed.receive(ROOM, "new", msg(1)) is True
+    # The history was lost and restarted: offsets from 1, other messages.
+    assert feed.receive(ROOM, "new", msg(1, tag="n")) is False  # held: checked first
+    assert feed.due() == [(ROOM, 0)]  # the position's window, then what follows
+    fresh = [msg(1, tag="n"), msg(2, tag="n")]
+    out, repair = feed.repaired(ROOM, "new", fresh, complete=True, after=0)
+    assert feed.resets == [Reset(ROOM, "new", 0)]  # the members have none of it
+    assert [e.message.id for e in out if e.message] == ["n-1", "n-2"] and repair.done
     assert feed.positions[ROOM].epoch == "new"
-    assert feed.receive(ROOM, "new", msg(2)) is True
+    assert feed.receive(ROOM, "new", msg(3, tag="n")) is True
 
 
 def test_a_history_that_restarted_during_a_repair_is_delivered_from_its_start() -> None:
@@ -137,9 +144,100 @@ def test_a_history_that_restarted_during_a_repair_is_delivered_from_its_start() 
     feed.receive(ROOM, "old", msg(1))
     feed.receive(ROOM, "old", msg(5))
     feed.due()
-    out, _ = feed.repaired(ROOM, "new", history(2, 0), complete=True)
+    out, repair = feed.repaired(ROOM, "new", [msg(2, tag="n")], complete=True, after=1)
+    assert out == [] and not repair.done  # the window is checked first
+    assert feed.due() == [(ROOM, 0)]
+    out, _ = feed.repaired(ROOM, "new", history(2, 0, tag="n"), complete=True, after=0)
     assert offsets(out) == [1, 2]  # the new epoch's messages; the held old one is stale
+    assert feed.resets == [Reset(ROOM, "new", 0)]
     assert feed.positions[ROOM].epoch == "new"
+
+
+def _delivered(feed: Feed, last: int, epoch: str = "e") -> None:
+    for o in range(1, last + 1):
+        assert feed.receive(ROOM, epoch, msg(o)) is True
+
+
+def _reconnected(feed: Feed) -> list[tuple[str, int]]:
+    feed.resync()
+    feed.confirmed(ROOM)
+    return feed.due()
+
+
+def test_after_a_reconnect_a_history_still_holding_the_last_message_goes_on() -> None:
+    feed = Feed()
+    _delivered(feed, 20)
+    assert _reconnected(feed) == [(ROOM, 20 - WINDOW)]  # the window is read too
+    out, repair = feed.repaired(
+        ROOM, "e", history(22, 20 - WINDOW), complete=True, after=20 - WINDOW, newest=22
+    )
+    assert offsets(out) == [21, 22] and repair.done and not repair.rewound
+    assert feed.resets == []
+
+
+def test_a_failover_that_lost_the_last_writes_is_a_rewind_then_a_reset() -> None:
+    feed = Feed()
+    _delivered(feed, 5)
+    assert _reconnected(feed) == [(ROOM, 0)]
+    # The promoted replica had 1..3; two new messages took offsets 4 and 5.
+    rewound = [*history(3, 0), msg(4, tag="x"), msg(5, tag="x")]
+    held = msg(6, tag="x")
+    assert feed.receive(ROOM, "e", held) is False
+    out, repair = feed.repaired(ROOM, "e", rewound, complete=True, after=0, newest=6)
+    assert out == [] and repair.rewound and not repair.done
+    assert feed.due() == []  # nothing until the broker moved it to a new epoch
+    feed.moved(ROOM)
+    assert feed.due() == [(ROOM, 0)]
+    moved = [*rewound, held]
+    out, repair = feed.repaired(ROOM, "e2", moved, complete=True, after=0, newest=6)
+    assert feed.resets == [Reset(ROOM, "e2", 3)]  # the members keep 1..3
+    assert offsets(out) == [4, 5, 6] and repair.done
+    assert [e.message.id for e in out if e.message] == ["x-4", "x-5", "x-6"]
+    # A copy still arriving in the old epoch is in the new history: dropped.
+    assert feed.receive(ROOM, "e", msg(6, tag="x")) is False
+    assert feed.receive(ROOM, "e2", msg(7, tag="x")) is True
+
+
+def test_a_counter_behind_the_position_is_a_rewind() -> None:
+    feed = Feed()
+    _delivered(feed, 5)
+    _reconnected(feed)
+    out, repair = feed.repaired(ROOM, "e", history(3, 0), complete=True, after=0, newest=3)
+    assert repair.rewound and out == []
+
+
+def test_a_history_evicted_past_the_position_is_no_rewind() -> None:
+    feed = Feed()
+    _delivered(feed, 5)
+    _reconnected(feed)
+    out, repair = feed.repaired(
+        ROOM, "e", history(9, 0, first=8), complete=True, after=0, newest=9
+    )
+    assert not repair.rewound and offsets(out) == [8, 9] and repair.lost == 2
+
+
+def test_a_rewind_deeper_than_the_window_resets_to_the_start() -> None:
+    feed = Feed()
+    _delivered(feed, 40)
+    _reconnected(feed)
+    moved = [msg(o, tag="x") for o in range(40 - WINDOW + 1, 41)]
+    feed.moved(ROOM)  # another pod moved it already: the read shows a new epoch
+    feed.due()
+    out, repair = feed.repaired(ROOM, "e2", moved, complete=True, after=40 - WINDOW)
+    assert out == [] and not repair.done  # nothing kept: read from the start
+    assert feed.resets == [Reset(ROOM, "e2", 0)]
+    assert feed.due() == [(ROOM, 0)]
+
+
+def test_a_baseline_in_another_epoch_or_behind_checks_the_room() -> None:
+    feed = Feed()
+    _delivered(feed, 5)
+    assert feed.baseline(ROOM, "e", 3) is True  # the counter is behind what was delivered
+    assert feed.due() == [(ROOM, 0)]
+    feed.forget(ROOM)
+    _delivered(feed, 5)
+    assert feed.baseline(ROOM, "e2", 9) is True
+    assert feed.due() == [(ROOM, 0)]
 
 
 def test_after_a_reconnect_a_room_is_read_only_once_its_subscription_is_confirmed() -> None:
@@ -151,8 +249,8 @@ def test_after_a_reconnect_a_room_is_read_only_once_its_subscription_is_confirme
     assert feed.due() == []
     assert feed.receive(ROOM, "e", msg(3)) is False  # live again, held
     feed.confirmed(ROOM)
-    assert feed.due() == [(ROOM, 1)]
-    out, _ = feed.repaired(ROOM, "e", history(3, 1), complete=True)
+    assert feed.due() == [(ROOM, 0)]  # the position's window too
+    out, _ = feed.repaired(ROOM, "e", history(3, 0), complete=True, after=0)
     assert offsets(out) == [2, 3]
     assert feed.repairing("other")  # still waiting for its confirmation
 

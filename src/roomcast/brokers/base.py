@@ -117,6 +117,11 @@ class BrokerHandler(Protocol):
         were no longer retained (members see the offset jump and recover).
         """
 
+    def handle_history_reset(self, room: str, epoch: str, offset: int) -> None:
+        """``room``'s history changed under its members (it was lost, or a failover
+        rewound it): tell them its ``epoch`` now and the ``offset`` of the last
+        message they have that it still holds; what is delivered next follows it."""
+
     def handle_history_evicted(self, budget: str, count: int) -> None:
         """``count`` retained messages were evicted early by a byte ``budget``
         (``"room"``: the room's own, ``"pod"``: all rooms' together)."""

@@ -406,6 +406,10 @@ class Engine(BrokerCallbacks):
         if message is not None and message.created:
             metrics.delivery_latency.observe(max(0.0, self.clock() - message.created))
 
+    def handle_history_reset(self, room: str, epoch: str, offset: int) -> None:
+        """Tell the local members of ``room`` its history changed (:meth:`Membership.reset`)."""
+        self.membership.reset(room, epoch, offset)
+
     def _announce_status(self, conn: Connection, room: str, status: PresenceStatus) -> bool:
         # The status coalescer's (and the presence command's) announcement.
         if not self.started:

@@ -136,6 +136,12 @@ class Metrics:
             "Messages a pod had missed that were no longer in the history.",
             registry=r,
         )
+        self.history_resets = Counter(
+            "realtime_history_resets",
+            "Rooms whose history changed under their members on this pod (lost, or"
+            " rewound by a failover); the members were told to resync.",
+            registry=r,
+        )
         self.duplicates_dropped = Counter(
             "realtime_duplicates_dropped",
             "Publications dropped because their offset was already delivered.",

@@ -170,6 +170,25 @@ class Membership:
             data["offset"] = room_state["offset"]
         conn.send(self._messages.system("welcome", data))
 
+    def reset(self, room: str, epoch: str, offset: int) -> None:
+        """Tell the members of ``room`` that its history changed under them.
+
+        Each gets an unsolicited ``joined`` (no ``ref``) with ``recovered: false``,
+        the history's ``epoch`` now and the ``offset`` of the last message they
+        have that it still holds: the clients resync, and take what follows.
+        """
+        conns = self._registry.rooms.get(room)
+        self._metrics.history_resets.inc()
+        _log.warning(
+            "a room's history changed under its members; told them to resync",
+            extra={"room": room, "epoch": epoch, "offset": offset, "members": len(conns or ())},
+        )
+        if not conns:
+            return
+        notice = {"room": room, "recovered": False, "epoch": epoch, "offset": offset}
+        for conn in list(conns):
+            conn.send(self._messages.system("joined", notice, room=room))
+
     def remove(self, conn: Connection) -> list[tuple[str, bool]] | None:
         """Forget ``conn`` and its rooms in the registry; None if it was not registered.
 

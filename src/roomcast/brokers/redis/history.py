@@ -81,9 +81,19 @@ class History:
         Raises:
             BrokerUnavailable: Redis did not answer the read.
         """
+        page, current = await self._read(room, since, limit)
+        if not current:  # the room was reset meanwhile: its history is in another epoch now
+            page, _ = await self._read(room, since, limit)
+        return page
+
+    async def _read(
+        self, room: str, since: str | None, limit: int | None
+    ) -> tuple[HistoryPage, bool]:
+        # One read (see :meth:`read`), and whether it is still current.
         size, ttl = self._history_size, self._ttl_seconds
         if self.limits is not None:
             size, ttl = self.limits(room)
+        current = True
         subscriber = self._subscriber
         barrier: bytes | None = None
         waiter: asyncio.Future[bool] | None = None
@@ -115,7 +125,7 @@ class History:
                 except TimeoutError:
                     ordered = False
                 if ordered and size:
-                    await self._caught_up(room, epoch, offset)
+                    current = await self._caught_up(room, epoch, offset)
                 elif not ordered:
                     _log.warning("history barrier of %s did not come back; replying anyway", room)
         finally:
@@ -123,17 +133,19 @@ class History:
                 subscriber.barriers.pop(barrier, None)
         # Entries are [entry id, [b"i", id, b"p", payload]], oldest first.
         messages = [Encoded.stored(fields[3]) for _, fields in entries]
-        return HistoryPage(
+        page = HistoryPage(
             room=room,
             epoch=epoch,
             offset=offset,
             messages=messages,
             recovered=since is not None and found == 1,
         )
+        return page, current
 
-    async def _caught_up(self, room: str, epoch: str, offset: int) -> None:
+    async def _caught_up(self, room: str, epoch: str, offset: int) -> bool:
         # After a barrier: make sure every publication of ``room`` up to ``offset``
         # has been handed over (a repair in progress finished), within a bound.
+        # False if the room was reset to another epoch meanwhile.
         if room not in self._subscriber.rooms:
-            return
-        await self._repairs.caught_up(room, epoch, offset, within=SUBSCRIBE_WAIT)
+            return True
+        return await self._repairs.caught_up(room, epoch, offset, within=SUBSCRIBE_WAIT)

@@ -7,12 +7,20 @@ most ``_REPAIR_PAGE`` entries per room and round trip), hands each reply to the
 feed and delivers what the feed returns, in order. A read that fails is due
 again after a pause. History reads wait on :meth:`Repairer.caught_up` so that
 a page is not returned while the room it covers is still being repaired.
+
+When the feed finds a room rewound by a failover (:attr:`~.feed.Repair.rewound`),
+the repairer moves the room's history to a new epoch
+(:data:`~roomcast.brokers.redis.scripts.REWIND`, compare and set: the first pod
+to see it does it) and reads it again; the feed then resets the room, and the
+handler tells its members (:meth:`~roomcast.brokers.base.BrokerHandler.handle_history_reset`)
+before anything more is delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +30,7 @@ from redis.exceptions import RedisError
 from roomcast.brokers.base import BrokerHandler
 from roomcast.brokers.redis.feed import Feed
 from roomcast.brokers.redis.keys import Keys
-from roomcast.brokers.redis.scripts import READ_AFTER
+from roomcast.brokers.redis.scripts import READ_AFTER, REWIND
 from roomcast.errors import ProtocolError
 from roomcast.protocol import Encoded
 
@@ -66,6 +74,7 @@ class Repairer:
         self._feed = feed
         self._handler_of = handler
         self._read_after = client.register_script(READ_AFTER)
+        self._rewind = client.register_script(REWIND)
         self._repair = asyncio.Event()
         self._repair_waiters: dict[str, list[asyncio.Future[None]]] = {}
 
@@ -102,20 +111,49 @@ class Repairer:
                     _log.debug("history read for a repair failed", extra={"error": str(exc)})
                     replies = [exc] * len(due)
                 # No await from here to the deliveries: the feed decides in order.
-                if not self._apply_repairs(due, replies):
+                ok, rewound = self._apply_repairs(due, replies)
+                if rewound:
+                    await self._move(rewound)
+                if not ok:
                     await asyncio.sleep(_RETRY_PAUSE)  # some failed: they are due again
 
-    def _apply_repairs(self, due: list[tuple[str, int]], replies: list[Any]) -> bool:
-        # Returns False if a read failed (or nobody takes deliveries right now).
+    async def _move(self, rewound: list[tuple[str, str]]) -> None:
+        # Move each rewound room's history to a new epoch (unless another pod did),
+        # then have the feed read it again.
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for room, epoch in rewound:
+                    keys = self._keys.history_keys(room)[:1]
+                    await self._rewind(keys=keys, args=[epoch, secrets.token_hex(4)], client=pipe)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            _log.debug("moving a rewound history failed", extra={"error": str(exc)})
+            for room, _ in rewound:
+                self._feed.failed(room)
+            await asyncio.sleep(_RETRY_PAUSE)
+            return
+        for room, epoch in rewound:
+            _log.warning(
+                "a failover rewound a room's history; moved it to a new epoch",
+                extra={"room": room, "epoch": epoch},
+            )
+            self._feed.moved(room)
+
+    def _apply_repairs(
+        self, due: list[tuple[str, int]], replies: list[Any]
+    ) -> tuple[bool, list[tuple[str, str]]]:
+        # Returns whether every read succeeded (and someone takes deliveries), and
+        # the rooms found rewound, with the epoch they were rewound in.
         feed = self._feed
         handler = self._handler
         ok = True
-        for (room, _), reply in zip(due, replies, strict=True):
+        rewound = []
+        for (room, after), reply in zip(due, replies, strict=True):
             if isinstance(reply, BaseException) or handler is None:
                 feed.failed(room)
                 ok = False
                 continue
-            epoch_raw, _, entries = reply
+            epoch_raw, newest, entries = reply
             messages = []
             for _, fields in entries:  # [entry id, [b"i", id, b"p", payload]]
                 try:
@@ -123,7 +161,21 @@ class Repairer:
                 except ProtocolError:
                     _log.warning("ignoring a malformed history entry", extra={"room": room})
             epoch = epoch_raw.decode() if epoch_raw else None
-            out, repair = feed.repaired(room, epoch, messages, complete=len(entries) < _REPAIR_PAGE)
+            position = feed.positions.get(room)
+            seen = position.epoch if position is not None else ""
+            out, repair = feed.repaired(
+                room,
+                epoch,
+                messages,
+                complete=len(entries) < _REPAIR_PAGE,
+                after=after,
+                newest=int(newest),
+            )
+            if repair.rewound:
+                rewound.append((room, seen))
+            for reset in feed.resets:
+                handler.handle_history_reset(reset.room, reset.epoch, reset.offset)
+            feed.resets.clear()
             for encoded in out:
                 handler.handle_publication(encoded)
             if repair.repaired or repair.lost:
@@ -132,7 +184,7 @@ class Repairer:
             handler.handle_duplicates(feed.duplicates)
         feed.duplicates = 0
         self.settle_waiters()
-        return ok
+        return ok, rewound
 
     def settle_waiters(self, *, everything: bool = False) -> None:
         """Release the :meth:`caught_up` waiters of rooms no longer repairing (or all of them)."""
@@ -142,16 +194,19 @@ class Repairer:
                     if not waiter.done():
                         waiter.set_result(None)
 
-    async def caught_up(self, room: str, epoch: str, offset: int, *, within: float) -> None:
+    async def caught_up(self, room: str, epoch: str, offset: int, *, within: float) -> bool:
         """Return once every publication of ``room`` up to ``offset`` has been handed over.
 
         Called after a history read's barrier came back, for a room this pod
         subscribes to: if the room is being repaired, or the feed turns out to
-        be behind ``(epoch, offset)`` (:meth:`~roomcast.brokers.redis.feed.Feed.baseline`),
-        waits for that repair to finish, for ``within`` seconds at most.
+        be behind ``(epoch, offset)``, or the read shows the history changed
+        (:meth:`~roomcast.brokers.redis.feed.Feed.baseline`), waits for that
+        repair to finish, for ``within`` seconds at most. Returns False if the
+        room's position is now in another epoch than ``epoch``: the read is
+        stale (the room was reset), read it again.
         """
         if not self._feed.baseline(room, epoch, offset):
-            return
+            return True
         self._repair.set()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._repair_waiters.setdefault(room, []).append(waiter)
@@ -159,3 +214,5 @@ class Repairer:
             await asyncio.wait_for(waiter, within)
         except TimeoutError:
             _log.warning("history of %s is still being repaired; replying anyway", room)
+        position = self._feed.positions.get(room)
+        return position is None or not epoch or position.epoch == epoch

@@ -16,6 +16,7 @@ __all__ = [
     "PUBLISH",
     "READ_AFTER",
     "READ_PAGE",
+    "REWIND",
 ]
 
 PUBLISH: Final = """
@@ -184,6 +185,19 @@ if not meta[2] then
 end
 local entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
 return {meta[1], tonumber(meta[2]), entries}
+"""
+
+REWIND: Final = """
+-- KEYS: meta. ARGV: the epoch a pod saw rewound, a new epoch.
+-- A failover lost the room's last writes (its counter, in that epoch, is behind
+-- what was delivered): move the history to the new epoch, once, whoever asks
+-- first. Returns the epoch now (false if the history is gone).
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[2])
+  return ARGV[2]
+end
+return epoch
 """
 
 PRESENCE_ADD: Final = """
