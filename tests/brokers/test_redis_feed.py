@@ -210,9 +210,7 @@ def test_a_history_evicted_past_the_position_is_no_rewind() -> None:
     feed = Feed()
     _delivered(feed, 5)
     _reconnected(feed)
-    out, repair = feed.repaired(
-        ROOM, "e", history(9, 0, first=8), complete=True, after=0, newest=9
-    )
+    out, repair = feed.repaired(ROOM, "e", history(9, 0, first=8), complete=True, after=0, newest=9)
     assert not repair.rewound and offsets(out) == [8, 9] and repair.lost == 2
 
 

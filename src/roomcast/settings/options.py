@@ -170,11 +170,22 @@ def _is_float(value: object, low: float, *, strict: bool) -> bool:
 
 
 def is_redis_url(value: object) -> bool:
-    """Whether ``value`` is None or a ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    """Whether ``value`` is None or a ``redis://``, ``rediss://``, ``unix://`` or
+    ``redis+sentinel://host:port[,host:port…]/<master name>[/<db>]`` URL."""
     if value is None:
         return True
     if not isinstance(value, str):
         return False
+    scheme, _, rest = value.partition("://")
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        hosts, _, path = rest.partition("/")
+        names = [p for p in path.partition("?")[0].split("/") if p]
+        addresses = hosts.rpartition("@")[2].split(",")
+        return (
+            all(a and (":" not in a or a.rpartition(":")[2].isdigit()) for a in addresses)
+            and 1 <= len(names) <= 2
+            and (len(names) == 1 or names[1].isdigit())
+        )
     try:
         parts = urlsplit(value)
         _ = parts.port  # raises ValueError on a malformed port

@@ -68,6 +68,7 @@ from redis.backoff import EqualJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
 
 from roomcast.brokers.base import BrokerHandler, ControlBus, HistoryPage, PresenceStore, Retention
+from roomcast.brokers.redis.connect import RedisTarget
 from roomcast.brokers.redis.control import RedisControl
 from roomcast.brokers.redis.feed import Feed
 from roomcast.brokers.redis.history import History
@@ -88,7 +89,9 @@ class RedisBroker:
     """A broker shared by many pods through Redis.
 
     Args:
-        url: ``redis://``, ``rediss://`` or ``unix://`` URL.
+        url: ``redis://``, ``rediss://`` or ``unix://`` URL, or
+            ``redis+sentinel://host:26379,host2:26379/<master name>/<db>`` for
+            the master a Sentinel group names (:mod:`.connect`).
         prefix: prefix of every key and channel.
         history_size: messages kept per room (0 disables history).
         history_ttl: seconds after a room's last publication when its history
@@ -120,6 +123,7 @@ class RedisBroker:
         node_id: str | None = None,
     ) -> None:
         self.url = url
+        self._target = target = RedisTarget.parse(url)
         self.prefix = prefix
         # SPEC §1: either option at 0 disables history.
         self.history_size = history_size if history_ttl > 0 else 0
@@ -131,8 +135,7 @@ class RedisBroker:
         # Reads, presence and probes are idempotent: one quick retry on a dropped
         # connection (a pooled connection Redis closed, say), nothing more, so an
         # outage is noticed within a connect timeout or two.
-        self._client: Redis = Redis.from_url(
-            url,
+        self._client: Redis = target.client(
             socket_connect_timeout=2.0,
             socket_timeout=command_timeout,
             retry=Retry(EqualJitterBackoff(cap=0.2, base=0.02), 1),
@@ -140,8 +143,7 @@ class RedisBroker:
         )
         # Publications are retried by the writer itself, which knows which ones
         # may have been applied (it retries those with the same id): no retry here.
-        self._writer_client: Redis = Redis.from_url(
-            url,
+        self._writer_client: Redis = target.client(
             socket_connect_timeout=2.0,
             socket_timeout=command_timeout,
             retry=Retry(NoBackoff(), 0),
@@ -172,7 +174,7 @@ class RedisBroker:
         )
         self.control: ControlBus = self._control
         self._subscriber = Subscriber(
-            url,
+            target,
             keys=self._keys,
             feed=self._feed,
             repairs=self._repairs,
@@ -266,6 +268,7 @@ class RedisBroker:
         for client in (self._client, self._writer_client):
             with contextlib.suppress(Exception):
                 await client.aclose()
+        await self._target.close()
 
     # -- the Broker protocol ------------------------------------------------------------------
 

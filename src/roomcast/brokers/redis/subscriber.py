@@ -28,13 +28,13 @@ import time
 from collections.abc import Callable
 
 import orjson
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from roomcast.brokers.base import BrokerHandler
+from roomcast.brokers.redis.connect import RedisTarget
 from roomcast.brokers.redis.feed import Feed
 from roomcast.brokers.redis.keys import Keys
 from roomcast.brokers.redis.repair import Repairer
@@ -58,7 +58,7 @@ class Subscriber:
     raised; on close, stop the loop, then :meth:`fail_barriers` and :meth:`close`.
 
     Args:
-        url: the Redis URL (each connection is made anew from it).
+        target: where Redis is (each connection is made anew from it).
         keys: the broker's keys and channels.
         feed: the per-room feed that live room publications go through.
         repairs: woken when the feed wants a history read.
@@ -68,7 +68,7 @@ class Subscriber:
 
     def __init__(
         self,
-        url: str,
+        target: RedisTarget,
         *,
         keys: Keys,
         feed: Feed,
@@ -76,7 +76,7 @@ class Subscriber:
         handler: Callable[[], BrokerHandler | None],
         control: Callable[[bytes], None] | None = None,
     ) -> None:
-        self._url = url
+        self._target = target
         self._control = control
         self._keys = keys
         self._feed = feed
@@ -171,8 +171,7 @@ class Subscriber:
         keys = self._keys
         attempt = 0
         while True:
-            pubsub = Redis.from_url(
-                self._url,
+            pubsub = self._target.client(
                 socket_connect_timeout=2.0,
                 retry=Retry(NoBackoff(), 0),
             ).pubsub()

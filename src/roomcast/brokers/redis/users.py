@@ -24,6 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from roomcast.brokers.redis.connect import RedisTarget
 from roomcast.supervisor import Supervisor
 
 __all__ = ["USER_ACQUIRE", "RedisUserConnections"]
@@ -65,6 +66,7 @@ class RedisUserConnections:
     ) -> None:
         self._client = client
         self._owns_client = False
+        self._target: RedisTarget | None = None
         self._prefix = prefix
         self.ttl = ttl
         self._clock = clock
@@ -76,12 +78,17 @@ class RedisUserConnections:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisUserConnections:
-        """Build one with its own client for ``url`` (keyword options as the class)."""
-        client: Redis = Redis.from_url(
-            url, socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 0)
+        """Build one with its own client for ``url`` (keyword options as the class).
+
+        ``url`` is any URL the broker takes (:mod:`.connect`), Sentinel's too.
+        """
+        target = RedisTarget.parse(url)
+        client: Redis = target.client(
+            socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 0)
         )
         self = cls(client, **kwargs)
         self._owns_client = True
+        self._target = target
         return self
 
     def key(self, user_id: str) -> str:
@@ -110,6 +117,8 @@ class RedisUserConnections:
             self._owns_client = False
             with contextlib.suppress(Exception):
                 await self._client.aclose()
+            if self._target is not None:
+                await self._target.close()
 
     # -- slots ----------------------------------------------------------------------------------
 

@@ -1,0 +1,102 @@
+"""Drills with real `roomcast serve` pods: start them, read their clients, poll their state.
+
+:class:`Inbox` reads everything one WebSocket receives in the background; the
+``inbox`` fixture (``tests/brokers/conftest.py``) opens them and closes them after
+the test. :func:`start_pods` starts pods on one key prefix in parallel.
+"""
+
+# Helpers take their time budget as an argument, in MS units, on purpose.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from tests.redis_tools import pod_flags, unique_prefix
+from tests.support import MS, ServerProcess, api, dumps, eventually, get_metrics
+
+__all__ = ["Inbox", "Serve", "metric", "readyz", "start_pods", "wait_all_ready"]
+
+Serve = Callable[..., ServerProcess]
+
+
+class Inbox:
+    """Everything one WebSocket receives, read in the background."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.messages: list[dict[str, Any]] = []
+        self.closed = False
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.ws:
+                self.messages.append(orjson.loads(raw))
+        except ConnectionClosed:
+            pass
+        self.closed = True
+
+    @property
+    def user_id(self) -> str:
+        user_id: str = self.messages[0]["data"]["user_id"]
+        return user_id
+
+    async def send_chat(self, text: str, **extra: Any) -> None:
+        await self.ws.send(dumps({"type": "chat", "data": {"text": text}, **extra}))
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 3000 * MS
+    ) -> dict[str, Any]:
+        """Return the first message (received so far or later) matching ``predicate``."""
+
+        async def found() -> dict[str, Any] | None:
+            return next((m for m in self.messages if predicate(m)), None)
+
+        result: dict[str, Any] = await eventually(found, timeout, 5 * MS)
+        return result
+
+    async def chat(self, text: str, timeout: float = 3000 * MS) -> dict[str, Any]:
+        return await self.wait_for(
+            lambda m: m["type"] == "chat" and m["data"].get("text") == text, timeout
+        )
+
+    def texts(self) -> list[str]:
+        return [m["data"].get("text") for m in self.messages if m["type"] == "chat"]
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == "error"]
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def start_pods(serve: Serve, *urls: str, prefix: str | None = None) -> list[ServerProcess]:
+    """Start one pod per Redis URL, all with one prefix, in parallel."""
+    prefix = prefix or unique_prefix()
+    pods = [serve(*pod_flags(url, prefix), ready=False) for url in urls]
+    return [pod.wait_ready() for pod in pods]
+
+
+async def readyz(pod: ServerProcess) -> int:
+    return (await api(pod.http, "GET", "/readyz")).status_code
+
+
+async def metric(pod: ServerProcess, name: str) -> float:
+    return (await get_metrics(pod.http)).get(name, 0.0)
+
+
+async def wait_all_ready(pods: list[ServerProcess], status: int, timeout: float) -> None:
+    async def reached() -> bool:
+        return all([await readyz(pod) == status for pod in pods])
+
+    await eventually(reached, timeout, 50 * MS)
