@@ -66,12 +66,16 @@ class Recorder:
         self.expired: list[tuple[str, str]] = []
         self.vacated: list[tuple[str, bool]] = []
         self.evicted: list[tuple[str, int]] = []
+        self.resets: list[tuple[str, str, int]] = []
 
     def handle_publication(self, encoded: Encoded) -> None:
         self.publications.append(encoded)
 
     def handle_publish_error(self, message: Message, exc: BaseException) -> None:
         self.errors.append((message, exc))
+
+    def handle_history_reset(self, room: str, epoch: str, offset: int) -> None:
+        self.resets.append((room, epoch, offset))
 
     def handle_publish_unknown(self, message: Message, exc: BaseException) -> None:
         self.unknown.append((message, exc))

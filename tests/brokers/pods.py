@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,18 @@ from websockets.exceptions import ConnectionClosed
 from tests.redis_tools import pod_flags, unique_prefix
 from tests.support import MS, ServerProcess, api, dumps, eventually, get_metrics
 
-__all__ = ["Inbox", "Serve", "metric", "readyz", "start_pods", "wait_all_ready"]
+__all__ = [
+    "Inbox",
+    "Serve",
+    "assert_in_order",
+    "crossed",
+    "is_notice",
+    "metric",
+    "readyz",
+    "retained",
+    "start_pods",
+    "wait_all_ready",
+]
 
 Serve = Callable[..., ServerProcess]
 
@@ -100,3 +112,47 @@ async def wait_all_ready(pods: list[ServerProcess], status: int, timeout: float)
         return all([await readyz(pod) == status for pod in pods])
 
     await eventually(reached, timeout, 50 * MS)
+
+
+def retained(box: Inbox) -> list[dict[str, Any]]:
+    """The chats ``box`` got with an offset, and the notices that reset its position."""
+    return [m for m in box.messages if (m["type"] == "chat" and "offset" in m) or is_notice(m)]
+
+
+def is_notice(m: dict[str, Any]) -> bool:
+    """A ``joined`` the server sent on its own for a room already joined (a reset)."""
+    data = m.get("data") or {}
+    return (
+        m["type"] == "system"
+        and data.get("event") == "joined"
+        and "ref" not in data
+        and data.get("server") is not True
+    )
+
+
+def assert_in_order(box: Inbox) -> None:
+    """Offsets grow by one, except right after a reset notice, which says where from."""
+    last: int | None = None
+    for m in retained(box):
+        if is_notice(m):
+            last = m["data"]["offset"]
+            continue
+        if last is not None:
+            assert m["offset"] == last + 1, f"{m['data']['text']}: {m['offset']} after {last}"
+        last = m["offset"]
+
+
+async def crossed(sender: Inbox, receiver: Inbox, tag: str, within: float) -> dict[str, Any]:
+    """Send until one chat from ``sender`` reaches ``receiver`` (through Redis)."""
+
+    async def once() -> dict[str, Any] | None:
+        text = f"{tag}-{time.monotonic():.3f}"
+        await sender.send_chat(text)
+        with contextlib.suppress(TimeoutError):
+            got = await receiver.chat(text, 300 * MS)
+            if "offset" in got:
+                return got
+        return None
+
+    result: dict[str, Any] = await eventually(once, within, 0)
+    return result

@@ -52,9 +52,21 @@ def test_a_bad_sentinel_url_is_a_config_error(url: str) -> None:
 def test_the_settings_take_sentinel_urls() -> None:
     assert is_redis_url("redis+sentinel://h:26379,h2:26379/mymaster/0")
     assert is_redis_url("redis+sentinel://h/mymaster")
-    assert not is_redis_url("redis+cluster://h:1/")  # not a scheme the broker takes
+    assert is_redis_url("redis+cluster://h:7000,h2:7001")
+    assert not is_redis_url("redis+cluster://h:7000/1")  # a cluster has database 0 only
+    assert not is_redis_url("redis+cloud://h:1/")  # not a scheme the broker takes
 
 
 def test_shown_url_hides_only_the_password() -> None:
     assert shown_url("redis://u:p@h:1/0") == "redis://u:***@h:1/0"
     assert shown_url("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_a_cluster_url_names_nodes_to_start_from() -> None:
+    target = RedisTarget.parse("rediss+cluster://:pw@10.0.0.1:7000,10.0.0.2/0")
+    assert target.cluster
+    assert target.cluster_nodes == (("10.0.0.1", 7000), ("10.0.0.2", 6379))
+    assert target._options == {"password": "pw", "ssl": True}
+    for bad in ("redis+cluster://h:1/2", "redis+cluster:///"):
+        with pytest.raises(ConfigError):
+            RedisTarget.parse(bad)

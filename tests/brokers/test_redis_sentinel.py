@@ -14,15 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
 
 import pytest
 
 from roomcast import MessageType
 from roomcast.client import Client, RoomStatus, connect
-from tests.brokers.pods import Inbox, Serve, start_pods, wait_all_ready
+from tests.brokers.pods import (
+    Inbox,
+    Serve,
+    assert_in_order,
+    crossed,
+    is_notice,
+    retained,
+    start_pods,
+    wait_all_ready,
+)
 from tests.redis_topology import SentinelTopology
 from tests.support import MS, ServerProcess, eventually, fresh_room
 
@@ -31,50 +38,6 @@ from tests.support import MS, ServerProcess, eventually, fresh_room
 def sentinel() -> Iterator[SentinelTopology]:
     with SentinelTopology().start() as topology:
         yield topology
-
-
-def retained(box: Inbox) -> list[dict[str, Any]]:
-    """The chats ``box`` got with an offset, and the notices that reset its position."""
-    return [m for m in box.messages if (m["type"] == "chat" and "offset" in m) or is_notice(m)]
-
-
-def is_notice(m: dict[str, Any]) -> bool:
-    """A ``joined`` the server sent on its own for a room already joined (a reset)."""
-    data = m.get("data") or {}
-    return (
-        m["type"] == "system"
-        and data.get("event") == "joined"
-        and "ref" not in data
-        and data.get("server") is not True
-    )
-
-
-def assert_in_order(box: Inbox) -> None:
-    """Offsets grow by one, except right after a reset notice, which says where from."""
-    last: int | None = None
-    for m in retained(box):
-        if is_notice(m):
-            last = m["data"]["offset"]
-            continue
-        if last is not None:
-            assert m["offset"] == last + 1, f"{m['data']['text']}: {m['offset']} after {last}"
-        last = m["offset"]
-
-
-async def crossed(sender: Inbox, receiver: Inbox, tag: str, within: float) -> dict[str, Any]:
-    """Send until one chat from ``sender`` reaches ``receiver`` (through Redis)."""
-
-    async def once() -> dict[str, Any] | None:
-        text = f"{tag}-{time.monotonic():.3f}"
-        await sender.send_chat(text)
-        with contextlib.suppress(TimeoutError):
-            got = await receiver.chat(text, 300 * MS)
-            if "offset" in got:
-                return got
-        return None
-
-    result: dict[str, Any] = await eventually(once, within, 0)
-    return result
 
 
 async def test_pods_follow_a_failover_to_the_new_master_while_clients_chat(

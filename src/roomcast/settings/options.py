@@ -170,22 +170,23 @@ def _is_float(value: object, low: float, *, strict: bool) -> bool:
 
 
 def is_redis_url(value: object) -> bool:
-    """Whether ``value`` is None or a ``redis://``, ``rediss://``, ``unix://`` or
-    ``redis+sentinel://host:port[,host:port…]/<master name>[/<db>]`` URL."""
+    """Whether ``value`` is None or a ``redis://``, ``rediss://``, ``unix://``,
+    ``redis+sentinel://host:port[,host:port…]/<master name>[/<db>]`` or
+    ``redis+cluster://host:port[,host:port…]`` URL."""
     if value is None:
         return True
     if not isinstance(value, str):
         return False
     scheme, _, rest = value.partition("://")
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
+    if scheme in ("redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster"):
         hosts, _, path = rest.partition("/")
         names = [p for p in path.partition("?")[0].split("/") if p]
         addresses = hosts.rpartition("@")[2].split(",")
-        return (
-            all(a and (":" not in a or a.rpartition(":")[2].isdigit()) for a in addresses)
-            and 1 <= len(names) <= 2
-            and (len(names) == 1 or names[1].isdigit())
-        )
+        if not all(a and (":" not in a or a.rpartition(":")[2].isdigit()) for a in addresses):
+            return False
+        if scheme.endswith("+cluster"):
+            return names in ([], ["0"])
+        return 1 <= len(names) <= 2 and (len(names) == 1 or names[1].isdigit())
     try:
         parts = urlsplit(value)
         _ = parts.port  # raises ValueError on a malformed port

@@ -248,13 +248,14 @@ class Settings:
     redis_url: str | None = field(
         default=None,
         metadata=optional_text(
-            "Redis URL (redis://, rediss://, unix://, or"
-            " redis+sentinel://host:26379,host2:26379/<master name>/<db>) to run several"
-            " servers together; unset = in-memory broker. REDIS_URL is read too",
+            "Redis URL (redis://, rediss://, unix://,"
+            " redis+sentinel://host:26379,host2:26379/<master name>/<db>, or"
+            " redis+cluster://host:7000,host2:7001) to run several servers together;"
+            " unset = in-memory broker. REDIS_URL is read too",
             group="redis",
             metavar="URL",
             check=is_redis_url,
-            expected="a redis://, rediss://, unix:// or redis+sentinel:// URL",
+            expected="a redis://, rediss://, unix://, redis+sentinel:// or redis+cluster:// URL",
             env_aliases=("REDIS_URL",),
         ),
     )

@@ -75,8 +75,10 @@ from roomcast.brokers.redis.history import History
 from roomcast.brokers.redis.keys import Keys
 from roomcast.brokers.redis.presence import RedisPresence
 from roomcast.brokers.redis.repair import Repairer
+from roomcast.brokers.redis.shards import ShardedSubscriber
 from roomcast.brokers.redis.subscriber import Subscriber
 from roomcast.brokers.redis.writer import Writer
+from roomcast.errors import BrokerUnavailable
 from roomcast.protocol import Message
 from roomcast.supervisor import Supervisor
 
@@ -131,11 +133,14 @@ class RedisBroker:
         self.history_bytes = history_bytes
         self.health_interval = health_interval
         self.node_id = node_id or secrets.token_hex(4)
-        self._keys = Keys(prefix, self.node_id)
+        self._keys = Keys(prefix, self.node_id, cluster=target.cluster)
+        # On a cluster every part routes by key over one slot map (:mod:`.routing`).
+        self._slots = target.slot_map() if target.cluster else None
         # Reads, presence and probes are idempotent: one quick retry on a dropped
         # connection (a pooled connection Redis closed, say), nothing more, so an
         # outage is noticed within a connect timeout or two.
-        self._client: Redis = target.client(
+        self._routing = target.routing(
+            self._slots,
             socket_connect_timeout=2.0,
             socket_timeout=command_timeout,
             retry=Retry(EqualJitterBackoff(cap=0.2, base=0.02), 1),
@@ -143,13 +148,14 @@ class RedisBroker:
         )
         # Publications are retried by the writer itself, which knows which ones
         # may have been applied (it retries those with the same id): no retry here.
-        self._writer_client: Redis = target.client(
+        self._writer_routing = target.routing(
+            self._slots,
             socket_connect_timeout=2.0,
             socket_timeout=command_timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=10,
         )
-        self._presence = RedisPresence(self._client, prefix=prefix, ttl=presence_ttl)
+        self._presence = RedisPresence(self._routing, prefix=prefix, ttl=presence_ttl)
         # Typed as the Broker protocol says, so that ``Hub(broker=RedisBroker(...))``
         # type-checks (a protocol attribute is invariant: RedisPresence would not do).
         self.presence: PresenceStore = self._presence
@@ -160,7 +166,7 @@ class RedisBroker:
         # subscriber and from the history by the repairer.
         handler = self._current_handler
         self._writer = Writer(
-            self._writer_client,
+            self._writer_routing,
             keys=self._keys,
             history_size=self.history_size,
             ttl_seconds=self._ttl_seconds,
@@ -168,27 +174,36 @@ class RedisBroker:
             handler=handler,
         )
         self._feed = Feed()
-        self._repairs = Repairer(self._client, keys=self._keys, feed=self._feed, handler=handler)
+        self._repairs = Repairer(self._routing, keys=self._keys, feed=self._feed, handler=handler)
         self._control = RedisControl(
-            self._client, keys=self._keys, listening=self._listening, block=command_timeout / 2
+            self._routing, keys=self._keys, listening=self._listening, block=command_timeout / 2
         )
         self.control: ControlBus = self._control
-        self._subscriber = Subscriber(
-            target,
-            keys=self._keys,
-            feed=self._feed,
-            repairs=self._repairs,
-            handler=handler,
-            control=self._control.receive,
+        parts: dict[str, Any] = {
+            "keys": self._keys,
+            "feed": self._feed,
+            "repairs": self._repairs,
+            "handler": handler,
+            "control": self._control.receive,
+        }
+        self._subscriber = (
+            Subscriber(target, **parts)
+            if self._slots is None
+            else ShardedSubscriber(target, self._slots, **parts)
         )
         self._history = History(
-            self._client,
+            self._routing,
             keys=self._keys,
             history_size=self.history_size,
             ttl_seconds=self._ttl_seconds if history_ttl else 0,
             subscriber=self._subscriber,
             repairs=self._repairs,
         )
+
+    @property
+    def _client(self) -> Redis:
+        # The command client of one server (or Sentinel's master).
+        return self._routing.client_for("")
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisBroker:
@@ -239,10 +254,13 @@ class RedisBroker:
         self._handler = handler
         self._loops.on_failure = handler.handle_loop_failure
         try:
-            await self._client.ping()
+            if self._slots is not None:
+                await self._slots.refresh()
+            for client in self._routing.masters():
+                await client.ping()
             await self._writer.load_script()
             self._writer.commands_ok = True
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, BrokerUnavailable) as exc:
             _log.warning("Redis unreachable at start; will keep trying", extra={"error": str(exc)})
         self._subscriber.last_probe_seen = time.monotonic()
         loops = self._loops
@@ -265,9 +283,8 @@ class RedisBroker:
         self._subscriber.fail_barriers()
         self._repairs.settle_waiters(everything=True)
         await self._subscriber.close()
-        for client in (self._client, self._writer_client):
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        for routing in (self._routing, self._writer_routing):
+            await routing.close()
         await self._target.close()
 
     # -- the Broker protocol ------------------------------------------------------------------
@@ -332,25 +349,22 @@ class RedisBroker:
     # -- health and presence ----------------------------------------------------------------------
 
     async def _health_loop(self) -> None:
-        # Prove end-to-end delivery: a probe published on our own channel must come
-        # back through the subscriber; if it stops coming back, replace it.
-        subscriber = self._subscriber
+        # Prove end-to-end delivery: probes published on our own channel(s) must come
+        # back through the subscriber; a connection they stop coming back on is
+        # replaced. On a cluster, a slot map marked stale is read again here.
+        slots = self._slots
         while True:
             await asyncio.sleep(self.health_interval)
+            if slots is not None and slots.stale:
+                with contextlib.suppress(BrokerUnavailable):
+                    await slots.refresh()
             try:
-                await self._client.publish(self.health_channel, b"probe")
+                await self._subscriber.probe(self._routing, self.health_interval)
                 self._writer.commands_ok = True
-            except (RedisError, OSError):
+            except (RedisError, OSError, BrokerUnavailable):
                 self._writer.commands_ok = False
                 continue
             self._writer.retry_in_doubt()
-            silent = time.monotonic() - subscriber.last_probe_seen
-            if subscriber.ok and silent > 3 * self.health_interval:
-                _log.warning(
-                    "Redis subscriber is deaf (health probes not coming back); replacing it",
-                    extra={"silent_s": round(silent, 1)},
-                )
-                subscriber.replace()
 
     async def _presence_loop(self) -> None:
         period = max(0.2, self._presence.ttl / 3)
@@ -358,7 +372,7 @@ class RedisBroker:
             await asyncio.sleep(period)
             try:
                 gone = await self._presence.heartbeat()
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, BrokerUnavailable) as exc:
                 _log.debug("presence heartbeat failed", extra={"error": str(exc)})
                 continue
             handler = self._handler

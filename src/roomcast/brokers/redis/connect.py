@@ -9,7 +9,12 @@
   monitoring ``<master name>`` name now. Every connection asks them on connecting,
   so after a failover each reconnect reaches the new master by itself. The user
   and password are the master's; ``?sentinel_password=…`` (and
-  ``sentinel_username``) authenticate to the Sentinels when they ask for it.
+  ``sentinel_username``) authenticate to the Sentinels when they ask for it;
+- ``redis+cluster://[user:password@]host:7000,host2:7001`` (``rediss+cluster://``
+  for TLS): a Redis Cluster (7.0 or newer: sharded pub/sub), found from any of
+  those nodes. Commands go to the master of their key's slot
+  (:mod:`.routing`), publications to a room's shard (``SPUBLISH``), and each pod
+  subscribes to every shard it needs (``SSUBSCRIBE``). Needs redis-py 8.0 or newer.
 
 The broker's connections are long-lived and few (a command pool, a writer, a
 subscriber per pod): a failover closes them, the broker reconnects and its feed
@@ -24,14 +29,20 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
+from roomcast.brokers.redis.routing import Routing, SlotMap
 from roomcast.errors import ConfigError
 
-__all__ = ["SENTINEL_SCHEMES", "RedisTarget", "shown_url"]
+__all__ = ["CLUSTER_SCHEMES", "SENTINEL_SCHEMES", "RedisTarget", "shown_url"]
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 """URL schemes naming a master through Sentinel."""
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+"""URL schemes naming a Redis Cluster by some of its nodes."""
 
 _SENTINEL_TIMEOUT = 1.0
 """Seconds to wait for one Sentinel (connecting or answering) before asking the next."""
@@ -56,10 +67,13 @@ class RedisTarget:
         sentinels: ``(host, port)`` of each Sentinel; empty for one server.
         master_name: the Sentinel group's master name ("" for one server).
         db: the database number (Sentinel URLs; a server URL keeps its own).
+        cluster_nodes: ``(host, port)`` of the cluster nodes to start from;
+            empty unless the URL names a cluster.
     """
 
     url: str
     sentinels: tuple[tuple[str, int], ...] = ()
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
     master_name: str = ""
     db: int = 0
     _options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -75,20 +89,31 @@ class RedisTarget:
                 a bad port or database.
         """
         parts = urlsplit(url)
-        if parts.scheme not in SENTINEL_SCHEMES:
+        if parts.scheme not in (*SENTINEL_SCHEMES, *CLUSTER_SCHEMES):
             return cls(url)
         shown = shown_url(url)
         hosts = parts.netloc.rpartition("@")[2]
-        sentinels = []
-        for item in hosts.split(","):
-            host, _, port = item.strip().rpartition(":")
-            if not host:
-                host, port = port, "26379"
-            try:
-                sentinels.append((host.strip("[]"), int(port)))
-            except ValueError:
-                raise ConfigError(f"bad Sentinel address {item!r} in {shown}") from None
+        cluster = parts.scheme in CLUSTER_SCHEMES
+        addresses = _addresses(hosts, shown, default_port=6379 if cluster else 26379)
         path = [unquote(p) for p in parts.path.split("/") if p]
+        options: dict[str, Any] = {}
+        if parts.username:
+            options["username"] = unquote(parts.username)
+        if parts.password is not None:
+            options["password"] = unquote(parts.password)
+        if parts.scheme.startswith("rediss+"):
+            options["ssl"] = True
+        if cluster:
+            if not hosts:
+                raise ConfigError(f"a Redis Cluster URL names at least one node: got {shown}")
+            if path not in ([], ["0"]):
+                raise ConfigError(f"a Redis Cluster has database 0 only: got {shown}")
+            if not _sharded_pubsub():
+                raise ConfigError(
+                    "Redis Cluster needs redis-py 8.0 or newer (pip install 'redis>=8')"
+                )
+            return cls(url, cluster_nodes=addresses, _options=options)
+        sentinels = addresses
         if not hosts or not path or len(path) > 2:
             raise ConfigError(
                 f"a Sentinel URL is redis+sentinel://host:port[,host:port…]/<master name>[/<db>]:"
@@ -99,20 +124,13 @@ class RedisTarget:
         except ValueError:
             raise ConfigError(f"bad database {path[1]!r} in {shown}") from None
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        options: dict[str, Any] = {}
-        if parts.username:
-            options["username"] = unquote(parts.username)
-        if parts.password is not None:
-            options["password"] = unquote(parts.password)
-        if parts.scheme == "rediss+sentinel":
-            options["ssl"] = True
         sentinel_options: dict[str, Any] = {}
         for name in ("sentinel_username", "sentinel_password"):
             if name in query:
                 sentinel_options[name.removeprefix("sentinel_")] = query[name]
         return cls(
             url,
-            sentinels=tuple(sentinels),
+            sentinels=sentinels,
             master_name=path[0],
             db=db,
             _options=options,
@@ -124,8 +142,41 @@ class RedisTarget:
         """The URL without its password, for logs."""
         return shown_url(self.url)
 
+    @property
+    def cluster(self) -> bool:
+        """Whether the URL names a Redis Cluster."""
+        return bool(self.cluster_nodes)
+
+    def node_client(self, node: tuple[str, int], **options: Any) -> Redis:
+        """A new client for cluster node ``node`` (the URL's user, password and TLS)."""
+        return Redis(host=node[0], port=node[1], **self._options, **options)
+
+    def slot_map(self) -> SlotMap:
+        """A new slot map of the cluster (read it with :meth:`SlotMap.refresh`)."""
+        return SlotMap(
+            self.cluster_nodes,
+            lambda node: self.node_client(
+                node, socket_connect_timeout=2.0, socket_timeout=2.0, retry=Retry(NoBackoff(), 0)
+            ),
+        )
+
+    def routing(self, slots: SlotMap | None = None, **options: Any) -> Routing:
+        """Clients for the target, ``options`` as ``Redis`` takes them: one (server,
+        Sentinel), or one per cluster master, routed by ``slots`` (a new map if None)."""
+        if not self.cluster:
+            return Routing(self.client(**options))
+        return Routing(
+            slots=slots or self.slot_map(),
+            connect=lambda node: self.node_client(node, **options),
+        )
+
     def client(self, **options: Any) -> Redis:
-        """A new client (with its own pool) for the target; ``options`` as ``Redis`` takes them."""
+        """A new client (with its own pool) for the target; ``options`` as ``Redis`` takes them.
+
+        Not for a cluster: see :meth:`node_client` and :mod:`.routing`.
+        """
+        if self.cluster:
+            raise ConfigError("a Redis Cluster has no single client: route by key")
         if not self.sentinels:
             return Redis.from_url(self.url, **options)
         if not self._managers:  # one set of Sentinel connections for every client
@@ -152,3 +203,23 @@ class RedisTarget:
             for sentinel in manager.sentinels:
                 with contextlib.suppress(Exception):
                     await sentinel.aclose()
+
+
+def _addresses(hosts: str, shown: str, *, default_port: int) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or host.endswith(":"):  # no port (or a bare IPv6 address)
+            host, port = item.strip(), str(default_port)
+        try:
+            out.append((host.strip("[]"), int(port)))
+        except ValueError:
+            raise ConfigError(f"bad address {item!r} in {shown}") from None
+    return tuple(out)
+
+
+def _sharded_pubsub() -> bool:
+    # redis-py's asyncio pub/sub speaks SSUBSCRIBE from 8.0 on.
+    from redis.asyncio.client import PubSub
+
+    return hasattr(PubSub, "ssubscribe")

@@ -44,12 +44,12 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from roomcast.brokers.base import ControlHandler, ControlReplies
 from roomcast.brokers.memory_control import answer
 from roomcast.brokers.redis.keys import Keys
+from roomcast.brokers.redis.routing import Routing
 from roomcast.errors import BrokerUnavailable, ErrorCode, HubClosed, ProtocolError
 
 __all__ = ["MAX_COMMAND_BYTES", "MAX_IN_FLIGHT", "MAX_REPLY_BYTES", "MAX_TIMEOUT", "RedisControl"]
@@ -79,7 +79,9 @@ class RedisControl:
     :meth:`close`); :meth:`request` after :meth:`start`.
 
     Args:
-        client: the broker's command client (replies are pushed and popped on it).
+        routing: the broker's command connections (replies are pushed and popped
+            on the node of their list; on a cluster the command goes on a shard
+            channel, whose subscriber count is the number of pods).
         keys: the broker's keys and channels.
         listening: whether this pod's subscriber is connected right now (when
             not, a request is answered here directly).
@@ -89,13 +91,13 @@ class RedisControl:
 
     def __init__(
         self,
-        client: Redis,
+        routing: Routing,
         *,
         keys: Keys,
         listening: Callable[[], bool],
         block: float = 1.0,
     ) -> None:
-        self._client = client
+        self._routing = routing
         self._keys = keys
         self._listening = listening
         self._block = max(0.05, block)
@@ -161,11 +163,11 @@ class RedisControl:
         entry = self._entry(reply)
         key = self._keys.control_reply_key(request_id)
         try:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = self._routing.client_for(key).pipeline(transaction=False)
             pipe.rpush(key, entry)
             pipe.expire(key, _ttl(within))
             await pipe.execute()
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, BrokerUnavailable) as exc:
             _log.warning("control reply not sent", extra={"error": str(exc)})
 
     def _entry(self, reply: dict[str, Any]) -> bytes:
@@ -219,8 +221,14 @@ class RedisControl:
         deadline = loop.time() + timeout
         unheard = not self._listening()  # our own subscriber will not hear it: answer here
         try:
-            reached = int(await self._client.publish(self._keys.control_channel, payload))
-        except (RedisError, OSError) as exc:
+            channel = self._keys.control_channel
+            client = self._routing.client_for(channel)
+            if self._routing.cluster:  # a shard channel: every pod subscribes on its node
+                reached = int(await client.execute_command("SPUBLISH", channel, payload))  # type: ignore[no-untyped-call,unused-ignore]
+            else:
+                reached = int(await client.publish(channel, payload))
+        except (RedisError, OSError, BrokerUnavailable) as exc:
+            self._routing.note(exc)
             raise BrokerUnavailable(f"control command not sent: {exc}") from exc
         local = (
             loop.create_task(answer(handler, command, within=timeout), name="roomcast-control")
@@ -246,12 +254,13 @@ class RedisControl:
         key = self._keys.control_reply_key(request_id)
         replies: dict[str, Any] = {}
         popped = 0
+        client = self._routing.client_for(key)
         try:
             while popped < reached:
                 left = deadline - loop.time()
                 if left < 0.01:  # BLPOP 0 would block forever
                     break
-                item = await self._client.blpop([key], timeout=min(left, self._block))
+                item = await client.blpop([key], timeout=min(left, self._block))
                 if item is None:
                     continue
                 popped += 1
@@ -266,7 +275,7 @@ class RedisControl:
         finally:
             if popped or reached:
                 with contextlib.suppress(RedisError, OSError):
-                    await self._client.delete(key)
+                    await client.delete(key)
         return replies
 
 

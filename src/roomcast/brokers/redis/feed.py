@@ -49,7 +49,7 @@ between the read's reply and the call.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from roomcast.protocol import Encoded
@@ -270,9 +270,12 @@ class Feed:
         self.wanted = True
         return True
 
-    def resync(self) -> None:
-        """The subscriber reconnected: repair every room with a position once confirmed."""
-        for room in self.positions:
+    def resync(self, rooms: Iterable[str] | None = None) -> None:
+        """The subscriber reconnected: repair every room with a position (of ``rooms``,
+        if given: those a new connection subscribes) once confirmed."""
+        for room in self.positions if rooms is None else rooms:
+            if room not in self.positions:
+                continue
             held = self._repairing.get(room)
             if held is None:
                 self._repairing[room] = _Held(ready=False, check=True)

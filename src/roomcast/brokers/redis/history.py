@@ -17,12 +17,12 @@ import logging
 import secrets
 from collections.abc import Callable
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from roomcast.brokers.base import HistoryPage
 from roomcast.brokers.redis.keys import Keys
 from roomcast.brokers.redis.repair import Repairer
+from roomcast.brokers.redis.routing import Routing
 from roomcast.brokers.redis.scripts import READ_PAGE
 from roomcast.brokers.redis.subscriber import SUBSCRIBE_WAIT, Subscriber
 from roomcast.errors import BrokerUnavailable
@@ -37,7 +37,7 @@ class History:
     """Reads history pages for clients (see :meth:`read`).
 
     Args:
-        client: the connections history is read on.
+        routing: the connections history is read on.
         keys: the broker's keys and channels.
         history_size: messages kept per room (0: history is disabled).
         ttl_seconds: seconds a room's history lives after its last publication,
@@ -48,7 +48,7 @@ class History:
 
     def __init__(
         self,
-        client: Redis,
+        routing: Routing,
         *,
         keys: Keys,
         history_size: int,
@@ -61,7 +61,8 @@ class History:
         self._ttl_seconds = ttl_seconds
         self._subscriber = subscriber
         self._repairs = repairs
-        self._read_page = client.register_script(READ_PAGE)
+        self._read_page = routing.script(READ_PAGE)
+        self._cluster = routing.cluster
         self.limits: Callable[[str], tuple[int, int]] | None = None
         """``limits(room)``: the room's history size and TTL (s) when namespaces set them."""
 
@@ -98,23 +99,29 @@ class History:
         barrier: bytes | None = None
         waiter: asyncio.Future[bool] | None = None
         if room in subscriber.rooms and subscriber.ok:
-            barrier = b"barrier:" + secrets.token_hex(8).encode()
+            # On a cluster the barrier goes on the room's own (shard) channel: the
+            # room's publications and it then come on one connection, in order.
+            mark = b"!barrier:" if self._cluster else b"barrier:"
+            barrier = mark + secrets.token_hex(8).encode()
             waiter = subscriber.barriers[barrier] = asyncio.get_running_loop().create_future()
+        keys = self._keys
+        channel = keys.room_channel(room) if self._cluster else keys.health_channel
         try:
             try:
                 # One script: one snapshot, and the barrier right after it.
                 reply = await self._read_page(
-                    keys=self._keys.publish_keys(room),
-                    args=[
+                    keys.publish_keys(room),
+                    [
                         since or "",
                         -1 if limit is None else limit,
                         secrets.token_hex(4) if size else "",
                         ttl if size else 0,
-                        self._keys.health_channel if barrier is not None else "",
+                        channel if barrier is not None else "",
                         barrier or b"",
+                        "SPUBLISH" if self._cluster else "PUBLISH",
                     ],
                 )
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, BrokerUnavailable) as exc:
                 raise BrokerUnavailable(f"history of {room!r} unavailable: {exc}") from exc
             epoch_raw, offset, found, entries = reply
             epoch = epoch_raw.decode() if epoch_raw else ""

@@ -8,6 +8,12 @@ also runs on Redis Cluster):
 - ``{prefix}:ids:{room}`` — hash: message id → offset (idempotent publication);
 - ``{prefix}:room:<room>`` — the room's pub/sub channel.
 
+On Redis Cluster (``cluster=True``) a room's channel is a shard channel in its
+keys' slot, ``{prefix}:room:{room}``, so that the publish script can ``SPUBLISH``
+it, and a pod's health probes go to one channel per master,
+``{prefix}:health:<node id>:{<tag>}`` with a tag in that master's slots
+(:meth:`Keys.probe_channel`).
+
 Plus ``{prefix}:global`` (messages to everyone), ``{prefix}:health:<node id>``,
 the pod's own channel (health probes and ordering barriers), ``{prefix}:control``
 (control commands to every pod) and ``{prefix}:control:reply:<request id>``, the
@@ -26,22 +32,42 @@ class Keys:
     Args:
         prefix: prefix of every key and channel.
         node_id: this pod's id, which names its own channel.
+        cluster: name channels for Redis Cluster's sharded pub/sub.
     """
 
-    __slots__ = ("node_id", "prefix")
+    __slots__ = ("cluster", "node_id", "prefix")
 
-    def __init__(self, prefix: str, node_id: str) -> None:
+    def __init__(self, prefix: str, node_id: str, *, cluster: bool = False) -> None:
         self.prefix = prefix
         self.node_id = node_id
+        self.cluster = cluster
 
     def room_channel(self, room: str) -> str:
         """The pub/sub channel of ``room``."""
+        if self.cluster:
+            return f"{self.prefix}:room:{{{room}}}"
         return f"{self.prefix}:room:{room}"
 
     @property
     def room_channel_prefix(self) -> bytes:
         """What every room channel starts with, as the subscriber receives it."""
-        return f"{self.prefix}:room:".encode()
+        return (
+            f"{self.prefix}:room:{{".encode() if self.cluster else f"{self.prefix}:room:".encode()
+        )
+
+    def room_of(self, channel: bytes) -> str:
+        """The room whose channel is ``channel`` (one that starts with the room prefix)."""
+        room = channel[len(self.room_channel_prefix) :]
+        return (room[:-1] if self.cluster else room).decode()
+
+    def probe_channel(self, tag: str) -> str:
+        """This pod's health channel on the cluster master serving hash tag ``tag``."""
+        return f"{self.prefix}:health:{self.node_id}:{{{tag}}}"
+
+    @property
+    def probe_prefix(self) -> bytes:
+        """What every one of this pod's probe channels starts with."""
+        return f"{self.prefix}:health:{self.node_id}:{{".encode()
 
     @property
     def global_channel(self) -> str:

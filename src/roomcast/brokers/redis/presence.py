@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from roomcast.brokers.base import PresenceChange, PresenceMember, RoomStats
+from roomcast.brokers.redis.routing import Routing
 from roomcast.brokers.redis.scripts import (
     PRESENCE_ADD,
     PRESENCE_REAP,
@@ -52,7 +53,7 @@ class RedisPresence:
     """Presence shared by every pod through Redis.
 
     Args:
-        client: the command client (shared with the broker).
+        routing: the command connections (shared with the broker).
         prefix: key prefix.
         ttl: seconds after which a connection whose pod stopped refreshing it is
             forgotten.
@@ -62,13 +63,15 @@ class RedisPresence:
 
     def __init__(
         self,
-        client: Redis,
+        routing: Routing | Redis,
         *,
         prefix: str = "realtime",
         ttl: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._client = client
+        if not isinstance(routing, Routing):
+            routing = Routing(routing)
+        self._routing = routing
         self._prefix = prefix
         self.ttl = ttl
         self._clock = clock
@@ -77,10 +80,10 @@ class RedisPresence:
         self._local: dict[str, dict[str, tuple[str, str]]] = {}
         # Entries whose removal failed while Redis was unreachable.
         self._unremoved: set[tuple[str, str]] = set()
-        self._add = client.register_script(PRESENCE_ADD)
-        self._remove = client.register_script(PRESENCE_REMOVE)
-        self._reap = client.register_script(PRESENCE_REAP)
-        self._status = client.register_script(PRESENCE_STATUS)
+        self._add = routing.script(PRESENCE_ADD)
+        self._remove = routing.script(PRESENCE_REMOVE)
+        self._reap = routing.script(PRESENCE_REAP)
+        self._status = routing.script(PRESENCE_STATUS)
 
     def _keys(self, room: str) -> list[str]:
         base = f"{self._prefix}:presence:{{{room}}}"
@@ -99,15 +102,13 @@ class RedisPresence:
         info_json = orjson.dumps(info).decode() if info is not None else ""
         self._local.setdefault(room, {})[conn_id] = (user_id, info_json)
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.sadd(self._rooms_key, room)
-                await self._add(
-                    keys=self._keys(room),
-                    args=[*self._expiry_args(), conn_id, user_id, info_json],
-                    client=pipe,
-                )
-                _, online = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            batch = self._routing.batch()
+            batch.call(self._rooms_key, "SADD", self._rooms_key, room)
+            batch.run(
+                self._add, self._keys(room), [*self._expiry_args(), conn_id, user_id, info_json]
+            )
+            _, online = await batch.execute()
+        except (RedisError, OSError, BrokerUnavailable) as exc:
             _log.warning("presence add failed; answering locally", extra={"error": str(exc)})
             return PresenceChange.USER if self._local_users(room, user_id) == 1 else _NONE
         if len(online) < 2:
@@ -122,8 +123,8 @@ class RedisPresence:
             if not local:
                 del self._local[room]
         try:
-            gone = await self._remove(keys=self._keys(room), args=[conn_id])
-        except (RedisError, OSError) as exc:
+            gone = await self._remove(self._keys(room), [conn_id])
+        except (RedisError, OSError, BrokerUnavailable) as exc:
             _log.warning("presence remove failed; answering locally", extra={"error": str(exc)})
             # Remove it at the next heartbeat, so it does not linger until reaped
             # (and get announced offline a second time).
@@ -135,8 +136,8 @@ class RedisPresence:
         """Set the user's status in ``room``; True if it changed."""
         keys = self._keys(room)
         try:
-            changed = await self._status(keys=[keys[2], keys[3]], args=[user_id, status.value])
-        except (RedisError, OSError) as exc:
+            changed = await self._status([keys[2], keys[3]], [user_id, status.value])
+        except (RedisError, OSError, BrokerUnavailable) as exc:
             _log.warning("presence status failed", extra={"error": str(exc)})
             return True
         return bool(changed)
@@ -145,12 +146,11 @@ class RedisPresence:
         """Users present in ``room`` across the cluster, sorted by user id."""
         keys = self._keys(room)
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.hgetall(keys[2])
-                pipe.hgetall(keys[3])
-                pipe.hgetall(keys[4])
-                users, statuses, infos = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            batch = self._routing.batch()
+            for key in keys[2:]:
+                batch.call(key, "HGETALL", key)
+            users, statuses, infos = await batch.execute()
+        except (RedisError, OSError, BrokerUnavailable) as exc:
             raise BrokerUnavailable(f"presence of {room!r} unavailable: {exc}") from exc
         out = []
         for raw_user, count in sorted(users.items()):
@@ -170,16 +170,16 @@ class RedisPresence:
     async def rooms(self) -> list[RoomStats]:
         """Rooms with at least one connection anywhere, sorted by name."""
         try:
-            names = sorted(_text(r) for r in await self._client.smembers(self._rooms_key))
+            names = sorted(_text(r) for r in await self._room_names())
             if not names:
                 return []
-            async with self._client.pipeline(transaction=False) as pipe:
-                for name in names:
-                    keys = self._keys(name)
-                    pipe.zcard(keys[0])
-                    pipe.hlen(keys[2])
-                counts = await pipe.execute()
-        except (RedisError, OSError) as exc:
+            batch = self._routing.batch()
+            for name in names:
+                keys = self._keys(name)
+                batch.call(keys[0], "ZCARD", keys[0])
+                batch.call(keys[2], "HLEN", keys[2])
+            counts = await batch.execute()
+        except (RedisError, OSError, BrokerUnavailable) as exc:
             raise BrokerUnavailable(f"room list unavailable: {exc}") from exc
         out = []
         empty = []
@@ -190,9 +190,19 @@ class RedisPresence:
             else:
                 empty.append(name)
         if empty:
-            with contextlib.suppress(RedisError, OSError):
-                await self._client.srem(self._rooms_key, *empty)
+            with contextlib.suppress(RedisError, OSError, BrokerUnavailable):
+                client = self._routing.client_for(self._rooms_key)
+                await client.srem(self._rooms_key, *empty)
         return out
+
+    async def _room_names(self) -> set[bytes | str]:
+        client = self._routing.client_for(self._rooms_key)
+        try:
+            names: set[bytes | str] = await client.smembers(self._rooms_key)  # type: ignore[misc,unused-ignore]
+        except (RedisError, OSError) as exc:
+            self._routing.note(exc)
+            raise
+        return names
 
     async def heartbeat(self) -> list[tuple[str, str, bool]]:
         """Refresh this pod's entries, then reap expired ones of every room.
@@ -204,26 +214,26 @@ class RedisPresence:
         """
         expiry = self._expiry_args()
         unremoved, self._unremoved = self._unremoved, set()
-        async with self._client.pipeline(transaction=False) as pipe:
-            for room, conn_id in unremoved:
-                await self._remove(keys=self._keys(room), args=[conn_id], client=pipe)
-            for room, conns in self._local.items():
-                args: list[Any] = list(expiry)
-                for conn_id, (user_id, info_json) in conns.items():
-                    args += [conn_id, user_id, info_json]
-                pipe.sadd(self._rooms_key, room)
-                await self._add(keys=self._keys(room), args=args, client=pipe)
-            try:
-                await pipe.execute()
-            except BaseException:
-                self._unremoved |= unremoved
-                raise
-        names = [_text(r) for r in await self._client.smembers(self._rooms_key)]
+        batch = self._routing.batch()
+        for room, conn_id in unremoved:
+            batch.run(self._remove, self._keys(room), [conn_id])
+        for room, conns in self._local.items():
+            args: list[Any] = list(expiry)
+            for conn_id, (user_id, info_json) in conns.items():
+                args += [conn_id, user_id, info_json]
+            batch.call(self._rooms_key, "SADD", self._rooms_key, room)
+            batch.run(self._add, self._keys(room), args)
+        try:
+            await batch.execute()
+        except BaseException:
+            self._unremoved |= unremoved
+            raise
+        names = [_text(r) for r in await self._room_names()]
         now_ms = int(self._clock() * 1000)
-        async with self._client.pipeline(transaction=False) as pipe:
-            for name in names:
-                await self._reap(keys=self._keys(name), args=[now_ms], client=pipe)
-            results = await pipe.execute()
+        batch = self._routing.batch()
+        for name in names:
+            batch.run(self._reap, self._keys(name), [now_ms])
+        results = await batch.execute()
         out = []
         for name, gone in zip(names, results, strict=True):
             users, vacated = gone[:-1], bool(gone[-1]) if gone else False

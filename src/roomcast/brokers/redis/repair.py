@@ -24,14 +24,14 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from roomcast.brokers.base import BrokerHandler
 from roomcast.brokers.redis.feed import Feed
 from roomcast.brokers.redis.keys import Keys
+from roomcast.brokers.redis.routing import Routing
 from roomcast.brokers.redis.scripts import READ_AFTER, REWIND
-from roomcast.errors import ProtocolError
+from roomcast.errors import BrokerUnavailable, ProtocolError
 from roomcast.protocol import Encoded
 
 __all__ = ["Repairer"]
@@ -55,7 +55,7 @@ class Repairer:
     (it was left), and with ``everything=True`` on close.
 
     Args:
-        client: the connections history is read on.
+        routing: the connections history is read on.
         keys: the broker's keys and channels.
         feed: the subscriber's feed, whose gaps are filled.
         handler: returns the broker's handler, or None while it is stopped.
@@ -63,18 +63,18 @@ class Repairer:
 
     def __init__(
         self,
-        client: Redis,
+        routing: Routing,
         *,
         keys: Keys,
         feed: Feed,
         handler: Callable[[], BrokerHandler | None],
     ) -> None:
-        self._client = client
+        self._routing = routing
         self._keys = keys
         self._feed = feed
         self._handler_of = handler
-        self._read_after = client.register_script(READ_AFTER)
-        self._rewind = client.register_script(REWIND)
+        self._read_after = routing.script(READ_AFTER)
+        self._rewind = routing.script(REWIND)
         self._repair = asyncio.Event()
         self._repair_waiters: dict[str, list[asyncio.Future[None]]] = {}
 
@@ -99,15 +99,13 @@ class Repairer:
             self._repair.clear()
             while due := feed.due():
                 try:
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        for room, after in due:
-                            await self._read_after(
-                                keys=self._keys.history_keys(room),
-                                args=[after, _REPAIR_PAGE],
-                                client=pipe,
-                            )
-                        replies = await pipe.execute(raise_on_error=False)
-                except (RedisError, OSError) as exc:
+                    batch = self._routing.batch()
+                    for room, after in due:
+                        batch.run(
+                            self._read_after, self._keys.history_keys(room), [after, _REPAIR_PAGE]
+                        )
+                    replies = await batch.execute(raise_on_error=False)
+                except (RedisError, OSError, BrokerUnavailable) as exc:
                     _log.debug("history read for a repair failed", extra={"error": str(exc)})
                     replies = [exc] * len(due)
                 # No await from here to the deliveries: the feed decides in order.
@@ -121,12 +119,12 @@ class Repairer:
         # Move each rewound room's history to a new epoch (unless another pod did),
         # then have the feed read it again.
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for room, epoch in rewound:
-                    keys = self._keys.history_keys(room)[:1]
-                    await self._rewind(keys=keys, args=[epoch, secrets.token_hex(4)], client=pipe)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
+            batch = self._routing.batch()
+            for room, epoch in rewound:
+                keys = self._keys.history_keys(room)[:1]
+                batch.run(self._rewind, keys, [epoch, secrets.token_hex(4)])
+            await batch.execute()
+        except (RedisError, OSError, BrokerUnavailable) as exc:
             _log.debug("moving a rewound history failed", extra={"error": str(exc)})
             for room, _ in rewound:
                 self._feed.failed(room)

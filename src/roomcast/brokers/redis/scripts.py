@@ -24,7 +24,8 @@ PUBLISH: Final = """
 -- ARGV: channel, payload (JSON object without offset), message id,
 --       history size, history ttl (s, 0 = none), epoch to use if the history is new,
 --       history bytes (0 = no bound; the newest entry stays whatever its size),
---       the client's retry key ("<sender>\0<ref>", '' = none)
+--       the client's retry key ("<sender>\0<ref>", '' = none),
+--       the command that publishes (PUBLISH, or SPUBLISH on Redis Cluster)
 -- Returns {offset, epoch, 1 if the id was already stored (nothing done) else 0,
 --          entries evicted for the byte bound, the id stored first (retry key only)}.
 -- Idempotent: a retry of a publication whose reply was lost stores and publishes
@@ -115,7 +116,7 @@ if ttl > 0 then
   redis.call('EXPIRE', KEYS[3], ttl)
 end
 -- Subscribers get the epoch in front of the payload: "<epoch> <payload>".
-redis.call('PUBLISH', ARGV[1], epoch .. ' ' .. payload)
+redis.call(ARGV[9] or 'PUBLISH', ARGV[1], epoch .. ' ' .. payload)
 return {offset, epoch, 0, evicted}
 """
 
@@ -123,7 +124,8 @@ READ_PAGE: Final = """
 -- KEYS: meta, stream, ids
 -- ARGV: since id ('' = none), limit (-1 = none), epoch to create if none (''
 --       when history is off), meta ttl (s, 0 = none), channel and token of an
---       ordering barrier ('' = none)
+--       ordering barrier ('' = none), the command that publishes it (PUBLISH,
+--       or SPUBLISH on the room's own channel on Redis Cluster)
 -- Returns {epoch or false, newest offset, 1 if since was found else 0, entries},
 -- entries oldest first: after since (at most limit), or the newest limit ones.
 -- Costs O(limit), not O(history): the id is found through KEYS[3].
@@ -171,7 +173,7 @@ if meta[2] then
   end
 end
 if ARGV[5] ~= '' then
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  redis.call(ARGV[7] or 'PUBLISH', ARGV[5], ARGV[6])
 end
 return {meta[1], newest, found, entries}
 """

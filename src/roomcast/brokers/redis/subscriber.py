@@ -38,6 +38,7 @@ from roomcast.brokers.redis.connect import RedisTarget
 from roomcast.brokers.redis.feed import Feed
 from roomcast.brokers.redis.keys import Keys
 from roomcast.brokers.redis.repair import Repairer
+from roomcast.brokers.redis.routing import Routing
 from roomcast.errors import ProtocolError
 from roomcast.protocol import Encoded, Message
 
@@ -94,6 +95,10 @@ class Subscriber:
         self._pubsub: PubSub | None = None
         self._reconnect = asyncio.Event()
         self._confirmations: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._health = keys.health_channel.encode()
+        self._control_channel = keys.control_channel.encode()
+        self._global = keys.global_channel.encode()
+        self._room_prefix = keys.room_channel_prefix
 
     @property
     def _handler(self) -> BrokerHandler | None:
@@ -137,13 +142,8 @@ class Subscriber:
         channel = self._keys.room_channel(room).encode()
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._confirmations.setdefault(channel, []).append(confirmed)
-        pubsub = self._pubsub
-        if pubsub is not None and self.ok:
-            try:
-                await pubsub.subscribe(channel)
-            except (RedisError, OSError):
-                self._reconnect.set()
         try:
+            await self._send_subscribe(channel)
             await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_WAIT)
         except TimeoutError:
             _log.warning("subscription to %s not confirmed yet", room)
@@ -159,10 +159,22 @@ class Subscriber:
         self.rooms.discard(room)
         self._feed.forget(room)
         self._repairs.settle_waiters()
+        await self._send_unsubscribe(self._keys.room_channel(room).encode())
+
+    async def _send_subscribe(self, channel: bytes) -> None:
+        # Subscribe on the live connection (else the next one subscribes it).
         pubsub = self._pubsub
         if pubsub is not None and self.ok:
             try:
-                await pubsub.unsubscribe(self._keys.room_channel(room))
+                await pubsub.subscribe(channel)
+            except (RedisError, OSError):
+                self._reconnect.set()
+
+    async def _send_unsubscribe(self, channel: bytes) -> None:
+        pubsub = self._pubsub
+        if pubsub is not None and self.ok:
+            try:
+                await pubsub.unsubscribe(channel)
             except (RedisError, OSError):
                 self._reconnect.set()
 
@@ -217,66 +229,91 @@ class Subscriber:
             await asyncio.sleep(random.uniform(delay / 2, delay))  # full jitter, floored
 
     async def _read(self, pubsub: PubSub) -> None:
-        health = self._keys.health_channel.encode()
-        control = self._keys.control_channel.encode()
-        global_channel = self._keys.global_channel.encode()
-        room_prefix = self._keys.room_channel_prefix
-        feed = self._feed
+        deliver = self._deliver
         while not self._reconnect.is_set():
             item = await pubsub.get_message(timeout=0.5)
             if item is None:
                 continue
             if item.get("type") != "message":
                 if item.get("type") == "subscribe":
-                    channel = item["channel"]
-                    for waiter in self._confirmations.pop(channel, ()):
-                        if not waiter.done():
-                            waiter.set_result(None)
-                    if channel.startswith(room_prefix):
-                        feed.confirmed(channel[len(room_prefix) :].decode())
-                        if feed.wanted:
-                            self._repairs.request()
+                    self._confirm(item["channel"])
                 continue
-            channel = item["channel"]
-            data: bytes = item["data"]
-            if channel == health:
-                self._on_own_channel(data)
-                continue
-            if channel == control:
-                if self._control is not None:
-                    self._control(data)
-                continue
-            handler = self._handler
-            if handler is None:
-                continue
-            epoch: str | None = None
-            payload: bytes | memoryview = data
-            if data[:1] != b"{":  # "<epoch> <payload>" from the publish script
-                space = data.find(b" ")
-                epoch = data[:space].decode()
-                payload = memoryview(data)[space + 1 :]  # framed without a copy first
-            try:
-                message = Message.from_dict(orjson.loads(payload))
-            except (orjson.JSONDecodeError, ProtocolError, UnicodeDecodeError):
-                _log.warning("ignoring a malformed publication", extra={"channel": channel})
-                continue
-            encoded = Encoded(payload, message)
-            if channel == global_channel:
-                handler.handle_publication(encoded)
-                continue
-            room = message.room
-            if room is None or not channel.startswith(room_prefix):
-                continue
-            if feed.receive(room, epoch, encoded):
-                handler.handle_publication(encoded)
-            elif feed.wanted:
+            deliver(item["channel"], item["data"])
+
+    def _confirm(self, channel: bytes) -> None:
+        # Redis confirmed a subscription: wake its waiters; a room's may be repaired now.
+        for waiter in self._confirmations.pop(channel, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+        if channel.startswith(self._room_prefix):
+            feed = self._feed
+            feed.confirmed(self._keys.room_of(channel))
+            if feed.wanted:
                 self._repairs.request()
-            if feed.duplicates:
-                handler.handle_duplicates(feed.duplicates)
-                feed.duplicates = 0
+
+    def _deliver(self, channel: bytes, data: bytes) -> None:
+        # One message from Redis, routed by its channel (see the module doc).
+        if channel == self._health:
+            self._on_own_channel(data)
+            return
+        if channel == self._control_channel:
+            if self._control is not None:
+                self._control(data)
+            return
+        handler = self._handler
+        if handler is None:
+            return
+        epoch: str | None = None
+        payload: bytes | memoryview = data
+        if data[:1] != b"{":  # "<epoch> <payload>" from the publish script
+            if data[:1] == b"!":  # a history read's barrier, on a cluster's room channel
+                self._on_own_channel(data)
+                return
+            space = data.find(b" ")
+            epoch = data[:space].decode()
+            payload = memoryview(data)[space + 1 :]  # framed without a copy first
+        try:
+            message = Message.from_dict(orjson.loads(payload))
+        except (orjson.JSONDecodeError, ProtocolError, UnicodeDecodeError):
+            _log.warning("ignoring a malformed publication", extra={"channel": channel})
+            return
+        encoded = Encoded(payload, message)
+        if channel == self._global:
+            handler.handle_publication(encoded)
+            return
+        room = message.room
+        if room is None or not channel.startswith(self._room_prefix):
+            return
+        feed = self._feed
+        if feed.receive(room, epoch, encoded):
+            handler.handle_publication(encoded)
+        elif feed.wanted:
+            self._repairs.request()
+        if feed.duplicates:
+            handler.handle_duplicates(feed.duplicates)
+            feed.duplicates = 0
+
+    async def probe(self, routing: Routing, interval: float) -> None:
+        """Publish a health probe on the pod's own channel; replace a deaf connection.
+
+        A connection that is up but has not seen a probe come back for three
+        intervals is deaf (Redis stopped sending to it): it is replaced.
+
+        Raises:
+            RedisError, OSError: the probe could not be published.
+        """
+        channel = self._keys.health_channel
+        await routing.client_for(channel).publish(channel, b"probe")
+        silent = time.monotonic() - self.last_probe_seen
+        if self.ok and silent > 3 * interval:
+            _log.warning(
+                "Redis subscriber is deaf (health probes not coming back); replacing it",
+                extra={"silent_s": round(silent, 1)},
+            )
+            self.replace()
 
     def _on_own_channel(self, data: bytes) -> None:
-        if data.startswith(b"barrier:"):
+        if data.startswith((b"barrier:", b"!barrier:")):
             waiter = self.barriers.get(data)
             if waiter is not None and not waiter.done():
                 waiter.set_result(True)

@@ -13,7 +13,6 @@ holds per pod), and the next refresh after recovery writes them back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from roomcast.brokers.redis.connect import RedisTarget
+from roomcast.brokers.redis.routing import Routing
+from roomcast.errors import BrokerUnavailable
 from roomcast.supervisor import Supervisor
 
 __all__ = ["USER_ACQUIRE", "RedisUserConnections"]
@@ -48,8 +49,8 @@ class RedisUserConnections:
     """Cluster-wide connection counts per user (see the module docstring).
 
     Args:
-        client: a Redis client; closed by :meth:`close` only when built by
-            :meth:`from_url`.
+        client: a Redis client, or the routing of a cluster's; closed by
+            :meth:`close` only when built by :meth:`from_url`.
         prefix: key prefix (``--redis-prefix``).
         ttl: seconds after which the slots of a pod that stopped refreshing
             them are forgotten (``--presence-ttl``).
@@ -58,19 +59,19 @@ class RedisUserConnections:
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | Routing,
         *,
         prefix: str = "realtime",
         ttl: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._client = client
+        self._routing = client if isinstance(client, Routing) else Routing(client)
         self._owns_client = False
         self._target: RedisTarget | None = None
         self._prefix = prefix
         self.ttl = ttl
         self._clock = clock
-        self._acquire = client.register_script(USER_ACQUIRE)
+        self._acquire = self._routing.script(USER_ACQUIRE)
         # This pod's slots: user id -> slot ids.
         self._local: dict[str, set[str]] = {}
         self._loops = Supervisor()
@@ -83,10 +84,10 @@ class RedisUserConnections:
         ``url`` is any URL the broker takes (:mod:`.connect`), Sentinel's too.
         """
         target = RedisTarget.parse(url)
-        client: Redis = target.client(
+        routing = target.routing(
             socket_connect_timeout=2.0, socket_timeout=5.0, retry=Retry(NoBackoff(), 0)
         )
-        self = cls(client, **kwargs)
+        self = cls(routing, **kwargs)
         self._owns_client = True
         self._target = target
         return self
@@ -107,6 +108,7 @@ class RedisUserConnections:
         """Start refreshing this pod's slots every ``ttl / 3`` seconds."""
         if not self._started:
             self._started = True
+            await self._refresh_slots()
             self._loops.start("redis-users", self._refresh_loop)
 
     async def close(self) -> None:
@@ -115,8 +117,7 @@ class RedisUserConnections:
         await self._loops.close()
         if self._owns_client:
             self._owns_client = False
-            with contextlib.suppress(Exception):
-                await self._client.aclose()
+            await self._routing.close()
             if self._target is not None:
                 await self._target.close()
 
@@ -127,10 +128,10 @@ class RedisUserConnections:
         now_ms = int(self._clock() * 1000)
         try:
             taken = await self._acquire(
-                keys=[self.key(user_id)],
-                args=[now_ms, self._expiry_ms(), slot, limit, max(1, int(self.ttl * 3))],
+                [self.key(user_id)],
+                [now_ms, self._expiry_ms(), slot, limit, max(1, int(self.ttl * 3))],
             )
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, BrokerUnavailable) as exc:
             _log.warning(
                 "per-user connection count unavailable; counting this pod only",
                 extra={"error": str(exc)},
@@ -149,8 +150,9 @@ class RedisUserConnections:
         if not slots:
             del self._local[user_id]
         try:
-            await self._client.zrem(self.key(user_id), slot)
-        except (RedisError, OSError) as exc:
+            key = self.key(user_id)
+            await self._routing.client_for(key).zrem(key, slot)
+        except (RedisError, OSError, BrokerUnavailable) as exc:
             _log.debug("per-user slot release failed", extra={"error": str(exc)})
 
     async def refresh(self) -> None:
@@ -159,18 +161,28 @@ class RedisUserConnections:
             return
         expiry = self._expiry_ms()
         key_ttl = max(1, int(self.ttl * 3))
-        async with self._client.pipeline(transaction=False) as pipe:
-            for user_id, slots in self._local.items():
-                key = self.key(user_id)
-                pipe.zadd(key, dict.fromkeys(slots, expiry))
-                pipe.expire(key, key_ttl)
-            await pipe.execute()
+        batch = self._routing.batch()
+        for user_id, slots in self._local.items():
+            key = self.key(user_id)
+            batch.call(key, "ZADD", key, *(x for slot in slots for x in (expiry, slot)))
+            batch.call(key, "EXPIRE", key, key_ttl)
+        await batch.execute()
+
+    async def _refresh_slots(self) -> None:
+        # A cluster's slot map, when it is not known or out of date.
+        slots = self._routing.slots
+        if slots is not None and slots.stale:
+            try:
+                await slots.refresh()
+            except BrokerUnavailable as exc:
+                _log.warning("Redis Cluster unreachable", extra={"error": str(exc)})
 
     async def _refresh_loop(self) -> None:
         period = max(0.2, self.ttl / 3)
         while True:
             await asyncio.sleep(period)
+            await self._refresh_slots()
             try:
                 await self.refresh()
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, BrokerUnavailable) as exc:
                 _log.debug("per-user slot refresh failed", extra={"error": str(exc)})

@@ -36,6 +36,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from roomcast.brokers.base import BrokerHandler
 from roomcast.brokers.redis.keys import Keys
+from roomcast.brokers.redis.routing import Routing, cluster_error
 from roomcast.brokers.redis.scripts import PUBLISH
 from roomcast.errors import BrokerUnavailable
 from roomcast.protocol import Message, encode
@@ -83,8 +84,10 @@ class Writer:
     on close, :meth:`drain`, stop the loop, then :meth:`abandon`.
 
     Args:
-        client: the connections publications are sent on. It must not retry
-            commands itself: the writer knows which publications may have been
+        routing: the connections publications are sent on (one server's, or
+            each cluster master's: a batch is then split by the node of each
+            room, and each part sent on its own). They must not retry commands
+            themselves: the writer knows which publications may have been
             applied, and retries only those, with the same id.
         keys: the broker's keys and channels.
         history_size: messages kept per room (0: nothing goes through the script).
@@ -95,7 +98,7 @@ class Writer:
 
     def __init__(
         self,
-        client: Redis,
+        routing: Routing,
         *,
         keys: Keys,
         history_size: int,
@@ -103,7 +106,8 @@ class Writer:
         history_bytes: int,
         handler: Callable[[], BrokerHandler | None],
     ) -> None:
-        self._client = client
+        self._routing = routing
+        self._publish = "SPUBLISH" if routing.cluster else "PUBLISH"
         self._keys = keys
         self._history_size = history_size
         self._ttl_seconds = ttl_seconds
@@ -130,8 +134,9 @@ class Writer:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def load_script(self) -> None:
-        """Load the publish script into Redis (it is then run by its hash)."""
-        await self._client.script_load(PUBLISH)
+        """Load the publish script into Redis, every master of a cluster (it is run by its hash)."""
+        for client in self._routing.masters():
+            await client.script_load(PUBLISH)
 
     def recover(self) -> None:
         """Put what a failed run had in hand in doubt, before the next run starts."""
@@ -248,17 +253,39 @@ class Writer:
             self._wake.set()
 
     async def _send_batch(self, batch: list[Publication]) -> None:
-        if not self.commands_ok:
-            # Known to be unreachable: deliver locally at once instead of waiting
-            # for a connect timeout; the health loop notices when Redis is back.
-            self._not_sent(batch, BrokerUnavailable("Redis is unreachable"))
+        routing = self._routing
+        if not routing.cluster:
+            if not self.commands_ok:
+                # Known to be unreachable: deliver locally at once instead of waiting
+                # for a connect timeout; the health loop notices when Redis is back.
+                self._not_sent(batch, BrokerUnavailable("Redis is unreachable"))
+                return
+            await self._send_to(routing.client_for(""), batch)
             return
-        pool = self._client.connection_pool
+        # A cluster: each node's part on its own connection, all at once. A room's
+        # publications go to one node, in order; one node down stalls only its part.
+        keys = self._keys
+        parts: dict[int, tuple[Redis, list[Publication]]] = {}
+        try:
+            for publication in batch:
+                room = publication.message.room
+                client = routing.client_for(
+                    keys.global_channel if room is None else keys.room_channel(room)
+                )
+                parts.setdefault(id(client), (client, []))[1].append(publication)
+        except BrokerUnavailable as exc:  # no slot map yet
+            self._not_sent(batch, exc)
+            return
+        await asyncio.gather(*(self._send_to(client, part) for client, part in parts.values()))
+
+    async def _send_to(self, client: Redis, batch: list[Publication]) -> None:
+        pool = client.connection_pool
         try:
             # Connecting first tells "nothing was sent" apart from "no reply".
             connection = await pool.get_connection()  # type: ignore[no-untyped-call,unused-ignore]
         except (RedisError, OSError) as exc:
             self.commands_ok = False
+            self._routing.note(exc)
             self._not_sent(batch, exc)
             return
         try:
@@ -271,21 +298,23 @@ class Writer:
         except (RedisError, OSError) as exc:
             await pool.release(connection)
             self.commands_ok = False
+            self._routing.note(exc)
             self._not_sent(batch, exc)
             return
         keys = self._keys
         size, ttl = self._history_size, self._ttl_seconds
         limits = self.limits
         scripted = []
+        publish = self._publish
         try:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             pipe.connection = connection  # execute() uses it; reset() returns it to the pool
             async with pipe:
                 for publication in batch:
                     message, payload = publication.message, publication.payload
                     room = message.room
                     if room is None:
-                        pipe.publish(keys.global_channel, payload)
+                        pipe.execute_command(publish, keys.global_channel, payload)
                         scripted.append(False)
                     elif (
                         message.retained
@@ -304,18 +333,20 @@ class Writer:
                             secrets.token_hex(4),
                             self._history_bytes,
                             "" if ref is None else f"{message.from_}\0{ref}",
+                            publish,
                         )
                         scripted.append(True)
                     else:
-                        pipe.publish(keys.room_channel(room), payload)
+                        pipe.execute_command(publish, keys.room_channel(room), payload)
                         scripted.append(False)
                 results = await pipe.execute(raise_on_error=False)
             self.commands_ok = True
         except (RedisError, OSError) as exc:
             self.commands_ok = False
+            self._routing.note(exc)
             self._doubted(batch, scripted, exc)
             return
-        await self._settle(batch, results)
+        await self._settle(client, batch, results)
 
     def _not_sent(self, batch: list[Publication], exc: BaseException) -> None:
         # Nothing of the batch reached Redis: deliver new ones locally (SPEC §6);
@@ -349,13 +380,19 @@ class Writer:
             extra={"error": str(exc), "publications": len(batch)},
         )
 
-    async def _settle(self, batch: list[Publication], results: list[Any]) -> None:
+    async def _settle(self, client: Redis, batch: list[Publication], results: list[Any]) -> None:
         # Settle each publication: failures are delivered locally by the handler.
         handler = self._handler
         reload = False
+        now = time.monotonic()
         for publication, result in zip(batch, results, strict=True):
             if isinstance(result, NoScriptError):  # not run: load the script, send again
                 reload = True
+                self._in_doubt.append(publication)
+                continue
+            if cluster_error(result):  # not run (the slot moved, a failover): send again
+                self._routing.note(result)
+                publication.doubted = publication.doubted or now  # retried for a while
                 self._in_doubt.append(publication)
                 continue
             if isinstance(result, BaseException):
@@ -373,7 +410,7 @@ class Writer:
             publication.settle()
         if reload:
             with contextlib.suppress(RedisError, OSError):
-                await self.load_script()
+                await client.script_load(PUBLISH)
             self._retry_at = 0.0
 
 

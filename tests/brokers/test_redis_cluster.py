@@ -1,0 +1,211 @@
+"""The Redis broker on Redis Cluster: sharded pub/sub, routing by slot, a shard master killed.
+
+A real cluster of three masters and three replicas is started by the tests
+(:class:`~tests.redis_topology.ClusterTopology`). The whole conformance suite
+runs on it; then the drills: rooms on every shard, real pods, and the master of
+one shard SIGKILLed while clients chat, until its replica is promoted.
+"""
+
+# Helpers take their time budget as an argument, in MS units, on purpose.
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from roomcast.brokers.base import Broker, Retention
+from roomcast.brokers.redis import RedisBroker
+from roomcast.protocol import MessageFactory
+from tests.brokers import test_redis
+from tests.brokers.conformance import MakeBroker, Recorder
+from tests.brokers.pods import (
+    Inbox,
+    Serve,
+    assert_in_order,
+    crossed,
+    start_pods,
+    wait_all_ready,
+)
+from tests.brokers.test_redis import chat, new_room, wait_ready
+from tests.redis_tools import unique_prefix
+from tests.redis_topology import ClusterTopology
+from tests.support import MS, eventually, fresh_room
+
+
+@pytest.fixture(scope="module")
+def shared_cluster() -> Iterator[ClusterTopology]:
+    """One cluster for the tests that do not break it."""
+    with ClusterTopology().start() as topology:
+        yield topology
+
+
+@pytest.fixture
+def cluster() -> Iterator[ClusterTopology]:
+    """A cluster of the test's own (it kills a master)."""
+    with ClusterTopology().start() as topology:
+        yield topology
+
+
+def rooms_on_every_shard(topology: ClusterTopology, per_shard: int = 1) -> dict[int, list[str]]:
+    """Fresh room names, ``per_shard`` on each master (by the room's hash tag)."""
+    out: dict[int, list[str]] = {port: [] for port in topology.masters()}
+    for _ in range(10_000):
+        if all(len(rooms) >= per_shard for rooms in out.values()):
+            return out
+        room = fresh_room()
+        rooms = out[topology.master_for_key(f"{{{room}}}")]
+        if len(rooms) < per_shard:
+            rooms.append(room)
+    raise AssertionError(f"no room found on some shard: {out}")
+
+
+class TestRedisClusterBroker(test_redis.TestRedisBroker):
+    """Every behaviour of the broker, on a cluster."""
+
+    @pytest.fixture
+    async def make_broker(self, shared_cluster: ClusterTopology) -> AsyncIterator[MakeBroker]:
+        prefix = unique_prefix()
+        brokers: list[RedisBroker] = []
+
+        async def make(
+            handler: Recorder,
+            *,
+            history_size: int = 100,
+            history_ttl: float = 300.0,
+            history_bytes: int = 1 << 20,
+            retention: Retention | None = None,
+        ) -> Broker:
+            broker = RedisBroker(
+                shared_cluster.url(),
+                prefix=prefix,
+                history_size=history_size,
+                history_ttl=history_ttl,
+                history_bytes=history_bytes,
+            )
+            broker.set_retention(retention)
+            brokers.append(broker)
+            await broker.start(handler)
+            await wait_ready(broker)
+            return broker
+
+        yield make
+        for broker in brokers:
+            await broker.close()
+
+
+async def test_rooms_are_spread_over_every_shard_and_published_there(
+    shared_cluster: ClusterTopology,
+) -> None:
+    prefix = unique_prefix()
+    rooms = rooms_on_every_shard(shared_cluster)
+    factory = MessageFactory()
+    recorder = Recorder()
+    broker = RedisBroker(shared_cluster.url(), prefix=prefix)
+    await broker.start(recorder)
+    try:
+        await wait_ready(broker)
+        for port, (room,) in rooms.items():
+            await broker.subscribe(room)
+            stored = await broker.publish(chat(factory, room, f"on {port}"))
+            assert stored.offset == 1
+            # The room's keys are on its shard's master, and nowhere else.
+            client = Redis(host="127.0.0.1", port=port)
+            try:
+                assert await client.exists(f"{prefix}:history:{{{room}}}") == 1
+            finally:
+                await client.aclose()
+
+        async def delivered() -> bool:
+            got = {e.message.room for e in recorder.publications if e.message is not None}
+            return got >= {room for (room,) in rooms.values()}
+
+        await eventually(delivered, 3000 * MS)
+        # Control commands reach this pod through the control shard.
+        assert broker.ready
+    finally:
+        await broker.close()
+
+
+async def test_a_history_read_is_ordered_against_the_shard_feed(
+    shared_cluster: ClusterTopology,
+) -> None:
+    # The barrier travels on the room's own shard channel: the page and the live
+    # stream meet without a gap or a copy, on every shard.
+    prefix = unique_prefix()
+    factory = MessageFactory()
+    async with contextlib.AsyncExitStack() as stack:
+        brokers = []
+        for _ in range(2):
+            broker = RedisBroker(shared_cluster.url(), prefix=prefix)
+            await broker.start(Recorder())
+            stack.push_async_callback(broker.close)
+            await wait_ready(broker)
+            brokers.append(broker)
+        writer, reader = brokers
+        for (room,) in rooms_on_every_shard(shared_cluster).values():
+            await reader.subscribe(room)
+            sent = [writer.publish(chat(factory, room, f"m{i}")) for i in range(20)]
+            page = await reader.history(room, limit=100)
+            stored = await asyncio.gather(*sent)
+            assert [m.offset for m in page.messages] == list(range(1, page.offset + 1))
+            assert max(m.offset or 0 for m in stored) == 20
+
+
+async def test_pods_keep_every_room_through_a_shard_failover(
+    serve: Serve, cluster: ClusterTopology, inbox: Callable[..., Awaitable[Inbox]]
+) -> None:
+    a, b = start_pods(serve, cluster.url(), cluster.url())
+    await wait_all_ready([a, b], 200, 8000 * MS)
+    rooms = rooms_on_every_shard(cluster)
+    boxes: dict[str, tuple[Inbox, Inbox]] = {}
+    for (room,) in rooms.values():
+        boxes[room] = (await inbox(a, room), await inbox(b, room))
+    for room, (on_a, on_b) in boxes.items():
+        await crossed(on_a, on_b, f"before-{room}", 5000 * MS)
+
+    stop = asyncio.Event()
+
+    async def chatter(box: Inbox, tag: str) -> None:
+        for i in range(1000):  # bounded: 30 ms apart, stopped by the test
+            if stop.is_set():
+                return
+            with contextlib.suppress(Exception):
+                await box.send_chat(f"{tag}-{i}")
+            await asyncio.sleep(30 * MS)
+
+    talkers = [
+        asyncio.create_task(chatter(box, f"{room}-{side}"))
+        for room, pair in boxes.items()
+        for side, box in zip("ab", pair, strict=True)
+    ]
+    await asyncio.sleep(300 * MS)
+    victim_port, (victim_room,) = next(iter(rooms.items()))
+    await asyncio.to_thread(cluster.kill, victim_port)
+    promoted = await asyncio.to_thread(cluster.wait_for_promotion, victim_port)
+    assert promoted != victim_port
+    await wait_all_ready([a, b], 200, 20000 * MS)
+    # Every room, the failed-over shard's too, crosses between the pods again.
+    for room, (on_a, on_b) in boxes.items():
+        await crossed(on_a, on_b, f"after-a-{room}", 10000 * MS)
+        await crossed(on_b, on_a, f"after-b-{room}", 5000 * MS)
+    stop.set()
+    await asyncio.gather(*talkers)
+    await asyncio.sleep(500 * MS)
+    for on_a, on_b in boxes.values():
+        for box in (on_a, on_b):
+            assert not box.closed and box.errors() == []
+            assert_in_order(box)
+    # The room whose shard failed over kept its order on both pods.
+    assert victim_room in boxes
+
+
+def test_rooms_on_every_shard_finds_one_per_master(shared_cluster: ClusterTopology) -> None:
+    rooms = rooms_on_every_shard(shared_cluster, per_shard=2)
+    assert len(rooms) == 3 and all(len(r) == 2 for r in rooms.values())
+    for port, names in rooms.items():
+        assert all(shared_cluster.master_for_key(f"{{{n}}}") == port for n in names)
+    assert new_room() != new_room()
