@@ -286,6 +286,33 @@ async def test_the_control_channel_is_resubscribed_after_a_reconnect(
         await admin.aclose()
 
 
+async def test_a_pod_answering_its_own_command_ignores_the_copy_its_subscriber_hears(
+    redis_url: str, client: Connect
+) -> None:
+    # The race of a subscriber that comes back between "is it listening?" and the
+    # publish, forced: the pod is told its subscriber is down while it is up, so
+    # it answers itself and its subscriber hears the command too.
+    async with pods(redis_url, 2) as (a, b):
+        on_a, _ = await connect(client, a, "alice")
+        on_b, _ = await connect(client, b, "alice")
+        control = a.hub.broker._control
+        answered: list[dict[str, Any]] = []
+        inner = control._handler
+        assert inner is not None
+
+        async def counting(command: dict[str, Any]) -> dict[str, Any]:
+            answered.append(command)
+            return await inner(command)
+
+        control._handler = counting
+        control._listening = lambda: False
+        outcome = await a.hub.control.disconnect(user_id="alice")
+        assert (outcome.value, outcome.pods, outcome.unanswered) == (2, 2, 0)
+        assert len(answered) == 1  # answered once, not again for the copy it heard
+        assert await close_of(on_a) == (4100, "disconnected by the server")
+        assert await close_of(on_b) == (4100, "disconnected by the server")
+
+
 async def test_a_pod_whose_subscriber_is_down_answers_its_own_command(
     redis_server: RedisServer, client: Connect
 ) -> None:

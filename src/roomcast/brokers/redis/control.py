@@ -103,6 +103,11 @@ class RedisControl:
         self._block = max(0.05, block)
         self._handler: ControlHandler | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Requests this pod answers itself (its subscriber was down when it sent
+        # them): if the subscriber comes back in time to hear one, it is not
+        # answered twice, and no reply is waited for from it (``_heard``).
+        self._answering_locally: set[str] = set()
+        self._heard: set[str] = set()
 
     @property
     def node_id(self) -> str:
@@ -142,6 +147,9 @@ class RedisControl:
             return
         request_id, timeout, command = envelope
         handler = self._handler
+        if request_id in self._answering_locally:
+            self._heard.add(request_id)  # answered by request() itself
+            return
         if handler is None:
             return
         if len(self._tasks) >= MAX_IN_FLIGHT:
@@ -220,6 +228,8 @@ class RedisControl:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         unheard = not self._listening()  # our own subscriber will not hear it: answer here
+        if unheard:
+            self._answering_locally.add(request_id)
         try:
             channel = self._keys.control_channel
             client = self._routing.client_for(channel)
@@ -235,28 +245,37 @@ class RedisControl:
             if unheard
             else None
         )
+        def expected() -> int:
+            # Replies to wait for: every pod reached, but this one if it answers itself.
+            return reached - (request_id in self._heard)
+
         try:
-            replies = await self._collect(request_id, reached, deadline)
+            replies = await self._collect(request_id, expected, deadline)
             own = await local if local is not None else None
+            pods = expected()
         except BaseException:
             if local is not None:
                 local.cancel()
             raise
-        pods = reached
+        finally:
+            self._answering_locally.discard(request_id)
+            self._heard.discard(request_id)
         if own is not None and self.node_id not in replies:
             replies[self.node_id] = own
             pods += 1
         return ControlReplies(list(replies.values()), pods=pods)
 
-    async def _collect(self, request_id: str, reached: int, deadline: float) -> dict[str, Any]:
-        # Pop replies until every pod reached has pushed one or the deadline passed.
+    async def _collect(
+        self, request_id: str, expected: Callable[[], int], deadline: float
+    ) -> dict[str, Any]:
+        # Pop replies until every pod expected has pushed one or the deadline passed.
         loop = asyncio.get_running_loop()
         key = self._keys.control_reply_key(request_id)
         replies: dict[str, Any] = {}
         popped = 0
         client = self._routing.client_for(key)
         try:
-            while popped < reached:
+            while popped < expected():
                 left = deadline - loop.time()
                 if left < 0.01:  # BLPOP 0 would block forever
                     break
@@ -273,7 +292,7 @@ class RedisControl:
         except (RedisError, OSError) as exc:
             _log.warning("control replies not collected", extra={"error": str(exc)})
         finally:
-            if popped or reached:
+            if popped or expected():
                 with contextlib.suppress(RedisError, OSError):
                     await client.delete(key)
         return replies
