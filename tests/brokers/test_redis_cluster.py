@@ -133,26 +133,40 @@ async def test_rooms_are_spread_over_every_shard_and_published_there(
 async def test_a_history_read_is_ordered_against_the_shard_feed(
     shared_cluster: ClusterTopology,
 ) -> None:
-    # The barrier travels on the room's own shard channel: the page and the live
-    # stream meet without a gap or a copy, on every shard.
+    # The barrier travels on the room's own shard channel: a page read while
+    # another pod publishes, and the live feed after the page's offset, add up to
+    # every offset once, on every shard.
     prefix = unique_prefix()
     factory = MessageFactory()
+    heard = Recorder()
     async with contextlib.AsyncExitStack() as stack:
         brokers = []
-        for _ in range(2):
+        for recorder in (Recorder(), heard):
             broker = RedisBroker(shared_cluster.url(), prefix=prefix)
-            await broker.start(Recorder())
+            await broker.start(recorder)
             stack.push_async_callback(broker.close)
             await wait_ready(broker)
             brokers.append(broker)
         writer, reader = brokers
         for (room,) in rooms_on_every_shard(shared_cluster).values():
             await reader.subscribe(room)
-            sent = [writer.publish(chat(factory, room, f"m{i}")) for i in range(20)]
+            for i in range(10):
+                await writer.publish(chat(factory, room, f"m{i}"))
+            sent = [writer.publish(chat(factory, room, f"n{i}")) for i in range(20)]
             page = await reader.history(room, limit=100)
-            stored = await asyncio.gather(*sent)
-            assert [m.offset for m in page.messages] == list(range(1, page.offset + 1))
-            assert max(m.offset or 0 for m in stored) == 20
+            await asyncio.gather(*sent)
+            paged = [e.message.offset for e in page.messages if e.message]
+            assert page.offset >= 10 and paged == list(range(1, page.offset + 1))
+
+            async def live_after_page(room: str = room, after: int = page.offset) -> bool:
+                got = [
+                    e.message.offset
+                    for e in heard.publications
+                    if e.message and e.message.room == room and (e.message.offset or 0) > after
+                ]
+                return got == list(range(after + 1, 31))
+
+            await eventually(live_after_page, 3000 * MS)
 
 
 async def test_pods_keep_every_room_through_a_shard_failover(
@@ -209,3 +223,67 @@ def test_rooms_on_every_shard_finds_one_per_master(shared_cluster: ClusterTopolo
     for port, names in rooms.items():
         assert all(shared_cluster.master_for_key(f"{{{n}}}") == port for n in names)
     assert new_room() != new_room()
+
+
+async def test_a_wrong_slot_map_is_corrected_by_moved_and_nothing_is_lost(
+    shared_cluster: ClusterTopology,
+) -> None:
+    # Force the map to send everything to one master: publications and reads for
+    # rooms of the other shards get MOVED, are not applied there, and are sent
+    # again to the right master (publications retried with their ids).
+    factory = MessageFactory()
+    recorder = Recorder()
+    broker = RedisBroker(shared_cluster.url(), prefix=unique_prefix())
+    await broker.start(recorder)
+    try:
+        await wait_ready(broker)
+        slots = broker._slots
+        assert slots is not None
+        rooms = [room for (room,) in rooms_on_every_shard(shared_cluster).values()]
+        for room in rooms:
+            await broker.subscribe(room)
+        wrong = slots.masters[0]
+        slots._assign(0, 16383, wrong)
+        stored = await asyncio.gather(*(broker.publish(chat(factory, r, "x")) for r in rooms))
+        assert [m.offset for m in stored] == [1, 1, 1]
+        assert all(m.degraded is None for m in stored)
+        for room in rooms:
+            assert slots.node_for(f"{{{room}}}")[1] == shared_cluster.master_for_key(f"{{{room}}}")
+        page = await broker.history(rooms[-1])
+        assert [e.message.offset for e in page.messages if e.message] == [1]
+
+        async def delivered() -> bool:
+            return {e.message.room for e in recorder.publications if e.message} >= set(rooms)
+
+        await eventually(delivered, 5000 * MS)
+        assert recorder.errors == [] and recorder.unknown == []
+    finally:
+        await broker.close()
+
+
+async def test_per_user_counts_route_by_user_on_a_cluster(shared_cluster: ClusterTopology) -> None:
+    from roomcast.brokers.redis.users import RedisUserConnections
+
+    users = RedisUserConnections.from_url(shared_cluster.url(), prefix=unique_prefix(), ttl=5)
+    await users.start()
+    try:
+        names = [f"user-{i}" for i in range(12)]  # spread over the shards
+        assert len({shared_cluster.master_for_key(users.key(n)) for n in names}) == 3
+        for name in names:
+            assert await users.acquire(name, "s1", 2)
+            assert await users.acquire(name, "s2", 2)
+            assert not await users.acquire(name, "s3", 2)  # the cluster-wide count
+        await users.refresh()
+        await users.release(names[0], "s1")
+        assert await users.acquire(names[0], "s3", 2)
+    finally:
+        await users.close()
+
+
+def test_a_cluster_needs_sharded_pub_sub_in_redis_py(monkeypatch: pytest.MonkeyPatch) -> None:
+    from roomcast.brokers.redis import connect
+    from roomcast.errors import ConfigError
+
+    monkeypatch.setattr(connect, "_sharded_pubsub", lambda: False)
+    with pytest.raises(ConfigError, match=r"redis-py 8\.0"):
+        RedisBroker("redis+cluster://127.0.0.1:7000")

@@ -26,7 +26,14 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from roomcast.errors import BrokerUnavailable
 
@@ -40,12 +47,13 @@ SLOTS = 16384
 Node = tuple[str, int]
 """A node's ``(host, port)``."""
 
-_CLUSTER_ERRORS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
+_CLUSTER_ERRORS = (AskError, ClusterDownError, TryAgainError)  # MovedError is an AskError
 
 
 def cluster_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is a cluster's refusal to run a command (it was not applied)."""
-    return isinstance(exc, ResponseError) and str(exc).startswith(_CLUSTER_ERRORS)
+    """Whether ``exc`` is a cluster's refusal to run a command (it was not applied):
+    ``MOVED``, ``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``."""
+    return isinstance(exc, _CLUSTER_ERRORS)
 
 
 def _slot(key: str | bytes) -> int:
@@ -87,15 +95,11 @@ class SlotMap:
         """The master serving hash ``slot``."""
         return self.masters[self._slots[slot]]
 
-    def moved(self, exc: BaseException) -> None:
+    def moved(self, exc: MovedError) -> None:
         """Apply a ``MOVED <slot> <host>:<port>`` reply, and mark the map stale."""
         self.stale = True
-        parts = str(exc).split()
-        if len(parts) != 3 or parts[0] != "MOVED":
-            return
-        host, _, port = parts[2].rpartition(":")
-        with contextlib.suppress(ValueError):
-            self._assign(int(parts[1]), int(parts[1]), (host, int(port)))
+        if self.loaded and self.slot_node(exc.slot_id) != (exc.host, exc.port):
+            self._assign(exc.slot_id, exc.slot_id, (exc.host, exc.port))
             self.version += 1
 
     def _assign(self, first: int, last: int, node: Node) -> None:
@@ -204,10 +208,10 @@ class Routing:
         """A command failed with ``exc``: a cluster's map may be out of date."""
         if self.slots is None:
             return
-        if isinstance(exc, ResponseError) and str(exc).startswith("MOVED "):
+        if isinstance(exc, MovedError):
             self.slots.moved(exc)
-        elif cluster_error(exc) or isinstance(exc, (ConnectionError, OSError, RedisError)):
-            self.slots.stale = True
+        elif cluster_error(exc) or not isinstance(exc, ResponseError):
+            self.slots.stale = True  # a refusal, or a connection lost: read the map again
 
     def script(self, source: str) -> Script:
         """A Lua script run by its hash on the node of its first key."""
