@@ -334,6 +334,59 @@ class _Topology:
         except KeyError:
             raise ValueError(f"no node of this topology on port {port}") from None
 
+    @staticmethod
+    def held_for_replica(master: int) -> int:
+        """What ``master`` holds in memory for its replica, not yet handed to the kernel.
+
+        The ``omem`` of the replica's connection in ``CLIENT LIST`` (since Redis 7
+        counted from the start of the replication buffer block being sent, so it may
+        exceed the unsent bytes by one block).
+        """
+        clients = as_str(command(master, "CLIENT", "LIST", "TYPE", "replica"))
+        omem = [
+            int(field[5:])
+            for line in clients.splitlines()
+            for field in line.split()
+            if field.startswith("omem=")
+        ]
+        return max(omem, default=0)
+
+    @staticmethod
+    def _caught_up(master: int, replica: int) -> None:
+        """The replica has applied everything the master wrote so far."""
+        want = info(master)["master_repl_offset"]
+        have = info(replica).get("master_repl_offset")
+        if have != want:
+            raise NotYet(f"replica {replica} at offset {have}, master {master} at {want}")
+
+    def stall(self, master: int, replica: int, filler_key: str, timeout: float) -> None:
+        """Pause ``replica`` and fill its link from ``master`` with writes to ``filler_key``.
+
+        First waits until the replica has applied every write so far: what was
+        written before this call is on the replica, what is written after it is not.
+        Overwrites ``filler_key`` (a key ``master`` serves) with 1 MiB values until
+        the master holds more than :func:`stall_threshold` for the replica (about 10
+        MiB on Linux defaults, in well under 0.1 s). From then on every write on the
+        master stays in its memory until the replica reads again, and is lost for the
+        replica if the master is killed first.
+        """
+        self._wait(
+            f"replica {replica} to catch up with {master}",
+            lambda: self._caught_up(master, replica),
+            timeout,
+        )
+        self.pause(replica)
+        filler = b"x" * (1 << 20)
+        deadline = time.monotonic() + timeout
+        with Connection(master) as conn:
+            while self.held_for_replica(master) <= stall_threshold():
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"the link to replica {replica} did not fill within {timeout:.1f}s "
+                        f"({self.held_for_replica(master)} bytes held)"
+                    )
+                conn("SET", filler_key, filler)
+
     def pause(self, port: int) -> None:
         """SIGSTOP the node on ``port``: it holds its connections open but answers nothing."""
         self._node(port).pause()
@@ -482,21 +535,8 @@ class SentinelTopology(_Topology):
         return next(port for port in self.data_ports if port != master)
 
     def replica_output_bytes(self, master: int | None = None) -> int:
-        """What the master holds in memory for its replica, not yet handed to the kernel.
-
-        The ``omem`` of the replica's connection in ``CLIENT LIST`` (since Redis 7
-        counted from the start of the replication buffer block being sent, so it may
-        exceed the unsent bytes by one block).
-        """
-        port = master or self.master_port()
-        clients = as_str(command(port, "CLIENT", "LIST", "TYPE", "replica"))
-        omem = [
-            int(field[5:])
-            for line in clients.splitlines()
-            for field in line.split()
-            if field.startswith("omem=")
-        ]
-        return max(omem, default=0)
+        """What the master holds for its replica (:meth:`_Topology.held_for_replica`)."""
+        return self.held_for_replica(master or self.master_port())
 
     def replication_stalled(self, master: int | None = None) -> bool:
         """Whether no write made on the master from now on can reach its replica.
@@ -504,7 +544,7 @@ class SentinelTopology(_Topology):
         True once :meth:`replica_output_bytes` exceeds :func:`stall_threshold`; it
         stays true while the replica is paused.
         """
-        return self.replica_output_bytes(master) > stall_threshold()
+        return self.held_for_replica(master or self.master_port()) > stall_threshold()
 
     # -- life cycle
 
@@ -603,14 +643,6 @@ class SentinelTopology(_Topology):
         ):
             raise NotYet(f"replica {replica} INFO replication: {replica_info}")
 
-    @staticmethod
-    def _caught_up(master: int, replica: int) -> None:
-        """The replica has applied everything the master wrote so far."""
-        want = info(master)["master_repl_offset"]
-        have = info(replica).get("master_repl_offset")
-        if have != want:
-            raise NotYet(f"replica {replica} at offset {have}, master {master} at {want}")
-
     def _sentinels_see(self, master: int, replicas: list[int]) -> None:
         name = self.master_name
         for sentinel in self.sentinel_ports:
@@ -700,32 +732,12 @@ class SentinelTopology(_Topology):
     def stall_replica(self, timeout: float = 5000 * MS) -> int:
         """Pause the replica and fill its replication link; return the replica's port.
 
-        First waits until the replica has applied every write so far: what was
-        written before this call is on the replica, what is written after it is not.
-        Overwrites :data:`FILLER_KEY` on the master with 1 MiB values until
-        :meth:`replication_stalled` (about 10 MiB on Linux defaults, in well under
-        0.1 s). From then on every write on the master stays in its memory until the
-        replica reads again, and is lost for the replica if the master is killed
-        first. The replica is left paused: :meth:`resume` it.
+        See :meth:`_Topology.stall` (the filler is :data:`FILLER_KEY`). The replica
+        is left paused: :meth:`resume` it.
         """
         master = self.master_port()
         replica = self.replica_port()
-        self._wait(
-            f"replica {replica} to catch up with {master}",
-            lambda: self._caught_up(master, replica),
-            timeout,
-        )
-        self.pause(replica)
-        filler = b"x" * (1 << 20)
-        deadline = time.monotonic() + timeout
-        with Connection(master) as conn:
-            while not self.replication_stalled(master):
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(
-                        f"the link to replica {replica} did not fill within {timeout:.1f}s "
-                        f"({self.replica_output_bytes(master)} bytes held)"
-                    )
-                conn("SET", FILLER_KEY, filler)
+        self.stall(master, replica, FILLER_KEY, timeout)
         return replica
 
 
@@ -824,6 +836,21 @@ class ClusterTopology(_Topology):
         if len(replicas) != 1:
             raise LookupError(f"master {master_port} has replicas {replicas}: {nodes}")
         return replicas[0]
+
+    def stall_replica(self, master_port: int, timeout: float = 5000 * MS) -> int:
+        """Pause the replica of ``master_port`` and fill its link; return the replica's port.
+
+        As :meth:`SentinelTopology.stall_replica` (see :meth:`_Topology.stall`), with
+        a filler key that the master serves. Resume the replica right after killing
+        the master: a paused replica cannot run for its election.
+        """
+        replica = self.replica_of(master_port)
+        for i in range(10_000):
+            key = f"{FILLER_KEY}:{{f{i}}}"
+            if self.master_for_key(key) == master_port:
+                break
+        self.stall(master_port, replica, key, timeout)
+        return replica
 
     def master_for_key(self, key: str) -> int:
         """Port of the master that owns ``key``'s slot."""

@@ -27,6 +27,7 @@ from tests.brokers.pods import (
     Serve,
     assert_in_order,
     crossed,
+    is_notice,
     start_pods,
     wait_all_ready,
 )
@@ -287,3 +288,36 @@ def test_a_cluster_needs_sharded_pub_sub_in_redis_py(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(connect, "_sharded_pubsub", lambda: False)
     with pytest.raises(ConfigError, match=r"redis-py 8\.0"):
         RedisBroker("redis+cluster://127.0.0.1:7000")
+
+
+async def test_a_promoted_shard_replica_without_the_last_writes_resets_the_room(
+    serve: Serve, cluster: ClusterTopology, inbox: Callable[..., Awaitable[Inbox]]
+) -> None:
+    a, b = start_pods(serve, cluster.url(), cluster.url())
+    await wait_all_ready([a, b], 200, 8000 * MS)
+    port, (room,) = next(iter(rooms_on_every_shard(cluster).items()))
+    a1, b1 = await inbox(a, room), await inbox(b, room)
+    for i in (1, 2, 3):
+        await a1.send_chat(f"kept-{i}")
+        assert (await b1.chat(f"kept-{i}"))["offset"] == i
+    epoch = (await inbox(a, room)).messages[0]["data"]["epoch"]
+
+    replica = await asyncio.to_thread(cluster.stall_replica, port)
+    for i in (4, 5, 6):
+        await a1.send_chat(f"lost-{i}")
+        assert (await b1.chat(f"lost-{i}"))["offset"] == i
+    await asyncio.to_thread(cluster.kill, port)
+    cluster.resume(replica)
+    assert await asyncio.to_thread(cluster.wait_for_promotion, port) == replica
+    await wait_all_ready([a, b], 200, 20000 * MS)
+
+    for box in (a1, b1):
+        notice = await box.wait_for(is_notice, 10000 * MS)
+        assert (notice["data"]["recovered"], notice["data"]["offset"]) == (False, 3)
+        assert notice["data"]["epoch"] != epoch
+    for i in (1, 2, 3):
+        await b1.send_chat(f"new-{i}")
+    for box in (a1, b1):
+        got = [await box.chat(f"new-{i}", 5000 * MS) for i in (1, 2, 3)]
+        assert sorted(m["offset"] for m in got) == [4, 5, 6]
+        assert_in_order(box)
