@@ -24,6 +24,7 @@ from tests.redis_tools import pod_flags, unique_prefix
 from tests.support import MS, ServerProcess, api, dumps, eventually, get_metrics
 
 __all__ = [
+    "FAILOVER_FLAGS",
     "Inbox",
     "Serve",
     "assert_in_order",
@@ -92,10 +93,12 @@ class Inbox:
             await self._task
 
 
-def start_pods(serve: Serve, *urls: str, prefix: str | None = None) -> list[ServerProcess]:
-    """Start one pod per Redis URL, all with one prefix, in parallel."""
+def start_pods(
+    serve: Serve, *urls: str, prefix: str | None = None, flags: tuple[str, ...] = ()
+) -> list[ServerProcess]:
+    """Start one pod per Redis URL, all with one prefix (and ``flags``), in parallel."""
     prefix = prefix or unique_prefix()
-    pods = [serve(*pod_flags(url, prefix), ready=False) for url in urls]
+    pods = [serve(*pod_flags(url, prefix, *flags), ready=False) for url in urls]
     return [pod.wait_ready() for pod in pods]
 
 
@@ -130,6 +133,12 @@ def is_notice(m: dict[str, Any]) -> bool:
     )
 
 
+FAILOVER_FLAGS = ("--history-size", "5000")
+"""Pods of a failover drill keep more than the drill publishes during the outage, so
+that a gap is always repaired (with the default 100, an outage longer than 100
+messages is a documented jump: the client sees it and recovers)."""
+
+
 def assert_in_order(box: Inbox) -> None:
     """Offsets grow by one, except right after a reset notice, which says where from."""
     last: int | None = None
@@ -138,7 +147,9 @@ def assert_in_order(box: Inbox) -> None:
             last = m["data"]["offset"]
             continue
         if last is not None:
-            assert m["offset"] == last + 1, f"{m['data']['text']}: {m['offset']} after {last}"
+            assert m["offset"] == last + 1, (
+                f"{m['data']['text']}: {m['offset']} after {last}; seen: {_seen(box)}"
+            )
         last = m["offset"]
 
 
@@ -156,3 +167,12 @@ async def crossed(sender: Inbox, receiver: Inbox, tag: str, within: float) -> di
 
     result: dict[str, Any] = await eventually(once, within, 0)
     return result
+
+
+def _seen(box: Inbox) -> str:
+    # "<offset or ->:<text or event>" of everything ``box`` received, for a failure.
+    def one(m: dict[str, Any]) -> str:
+        data = m.get("data") or {}
+        return f"{m.get('offset', '-')}:{data.get('text') or data.get('event')}"
+
+    return " ".join(one(m) for m in box.messages)

@@ -23,6 +23,7 @@ from roomcast.protocol import MessageFactory
 from tests.brokers import test_redis
 from tests.brokers.conformance import MakeBroker, Recorder
 from tests.brokers.pods import (
+    FAILOVER_FLAGS,
     Inbox,
     Serve,
     assert_in_order,
@@ -173,7 +174,7 @@ async def test_a_history_read_is_ordered_against_the_shard_feed(
 async def test_pods_keep_every_room_through_a_shard_failover(
     serve: Serve, cluster: ClusterTopology, inbox: Callable[..., Awaitable[Inbox]]
 ) -> None:
-    a, b = start_pods(serve, cluster.url(), cluster.url())
+    a, b = start_pods(serve, cluster.url(), cluster.url(), flags=FAILOVER_FLAGS)
     await wait_all_ready([a, b], 200, 8000 * MS)
     rooms = rooms_on_every_shard(cluster)
     boxes: dict[str, tuple[Inbox, Inbox]] = {}
@@ -293,7 +294,7 @@ def test_a_cluster_needs_sharded_pub_sub_in_redis_py(monkeypatch: pytest.MonkeyP
 async def test_a_promoted_shard_replica_without_the_last_writes_resets_the_room(
     serve: Serve, cluster: ClusterTopology, inbox: Callable[..., Awaitable[Inbox]]
 ) -> None:
-    a, b = start_pods(serve, cluster.url(), cluster.url())
+    a, b = start_pods(serve, cluster.url(), cluster.url(), flags=FAILOVER_FLAGS)
     await wait_all_ready([a, b], 200, 8000 * MS)
     port, (room,) = next(iter(rooms_on_every_shard(cluster).items()))
     a1, b1 = await inbox(a, room), await inbox(b, room)

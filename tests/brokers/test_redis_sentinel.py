@@ -21,6 +21,7 @@ import pytest
 from roomcast import MessageType
 from roomcast.client import Client, RoomStatus, connect
 from tests.brokers.pods import (
+    FAILOVER_FLAGS,
     Inbox,
     Serve,
     assert_in_order,
@@ -43,7 +44,7 @@ def sentinel() -> Iterator[SentinelTopology]:
 async def test_pods_follow_a_failover_to_the_new_master_while_clients_chat(
     serve: Serve, sentinel: SentinelTopology, inbox: Callable[..., Awaitable[Inbox]]
 ) -> None:
-    a, b = start_pods(serve, sentinel.url(), sentinel.url())
+    a, b = start_pods(serve, sentinel.url(), sentinel.url(), flags=FAILOVER_FLAGS)
     await wait_all_ready([a, b], 200, 5000 * MS)
     room = fresh_room()
     a1, b1 = await inbox(a, room), await inbox(b, room)
@@ -90,7 +91,7 @@ async def test_pods_follow_a_failover_to_the_new_master_while_clients_chat(
 async def test_a_promoted_replica_without_the_last_writes_resets_the_room(
     serve: Serve, sentinel: SentinelTopology, inbox: Callable[..., Awaitable[Inbox]]
 ) -> None:
-    a, b = start_pods(serve, sentinel.url(), sentinel.url())
+    a, b = start_pods(serve, sentinel.url(), sentinel.url(), flags=FAILOVER_FLAGS)
     await wait_all_ready([a, b], 200, 5000 * MS)
     room = fresh_room()
     a1, b1 = await inbox(a, room), await inbox(b, room)
