@@ -245,6 +245,7 @@ class RedisControl:
             if unheard
             else None
         )
+
         def expected() -> int:
             # Replies to wait for: every pod reached, but this one if it answers itself.
             return reached - (request_id in self._heard)
