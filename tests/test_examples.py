@@ -254,6 +254,35 @@ async def test_http_publish_reaches_room_members(example: Callable[..., Example]
         assert (await recv_type(outsider, "chat"))["data"] == {"text": "mine"}
 
 
+# -- embedded_fastapi -------------------------------------------------------------------------
+
+
+async def test_embedded_fastapi_serves_its_routes_and_native_websockets(
+    example: Callable[..., Example],
+) -> None:
+    server = example("embedded_fastapi")
+    async with (
+        await ws_connect(server.ws + "/general") as member,
+        await ws_connect(server.ws.removesuffix("/ws") + "/echo") as echo,
+        httpx.AsyncClient(base_url=server.http, timeout=5000 * MS) as http,
+    ):
+        await welcome(member)
+        response = await http.post("/rooms/general/messages", json={"text": "deploy finished"})
+        assert response.status_code == 200, response.text
+        msg = await recv_type(member, "chat")
+        assert msg["id"] == response.json()["id"]
+        assert msg["data"] == {"text": "deploy finished"}
+
+        await echo.send("ping?")  # the app's own WebSocket route, on plain ASGI
+        assert await asyncio.wait_for(echo.recv(), 5000 * MS) == "ping?"
+
+        assert await asyncio.to_thread(server.stop) == 0  # roomcast.run exits 0 on SIGTERM
+        for ws in (member, echo):
+            await asyncio.wait_for(ws.wait_closed(), 5000 * MS)
+            assert ws.close_code == 1012
+    assert "roomcast.native" in server.output()  # /ws/general was the native protocol's
+
+
 # -- authenticated ---------------------------------------------------------------------------
 
 

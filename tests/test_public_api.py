@@ -41,6 +41,8 @@ PUBLIC_API = {
     "Refused",
     "RoomcastError",
     "__version__",
+    "run",
+    "uvicorn_config",
 }
 
 

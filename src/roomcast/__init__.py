@@ -2,8 +2,15 @@
 
 WebSocket connections grouped into rooms, broadcast to a room or to everyone,
 presence, replay of missed messages on reconnect, and scale-out across server
-processes through Redis. Mount it into any ASGI app, or run ``roomcast serve``.
+processes through Redis. Mount it into any ASGI app, serve your app with
+roomcast's native WebSocket protocol (``roomcast.run(app, hub)``), or run
+``roomcast serve``.
+
+:func:`run` and :func:`uvicorn_config` load on first use, so that ``import roomcast``
+loads no server (uvicorn, starlette).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from roomcast._version import __version__
 from roomcast.app import Hub
@@ -27,6 +34,9 @@ from roomcast.errors import (
     RoomcastError,
 )
 from roomcast.protocol import Message, MessageType, PresenceStatus
+
+if TYPE_CHECKING:
+    from roomcast.server.embed import run, uvicorn_config
 
 __all__ = [
     "AuthError",
@@ -59,4 +69,19 @@ __all__ = [
     "Refused",
     "RoomcastError",
     "__version__",
+    "run",
+    "uvicorn_config",
 ]
+
+_LAZY = frozenset({"run", "uvicorn_config"})
+
+
+def __getattr__(name: str) -> Any:
+    """``roomcast.run`` and ``roomcast.uvicorn_config``, imported when first asked for."""
+    if name in _LAZY:
+        from roomcast.server import embed
+
+        value = getattr(embed, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'roomcast' has no attribute {name!r}")

@@ -116,6 +116,7 @@ SPEC_DEFAULTS = {
     # Server
     "ws": "native",
     "demo": False,
+    "app": None,
     "shutdown_timeout": 10.0,
     "config": None,
 }
@@ -156,6 +157,14 @@ LAYERS = {
         ("https://flag.example",),
     ),
     "demo": ("demo = true", "off", ["--demo"], True, False, True),
+    "app": (
+        'app = "file:app"',
+        "env.mod:app",
+        ["--app", "flag:api.app"],
+        "file:app",
+        "env.mod:app",
+        "flag:api.app",
+    ),
     "log_level": (
         'log_level = "debug"',
         "WARNING",

@@ -7,6 +7,15 @@ websockets' sans-I/O ``ServerProtocol``; then :class:`~roomcast.frontends.fastpa
 parses the client's frames, and this module moves bytes, answers pings within a
 budget and closes. :meth:`NativeConnection.flush` writes the frames built once per
 message (:attr:`roomcast.protocol.Encoded.frame`), one write per loop iteration.
+
+An upgrade outside the prefix gets HTTP 404, or, when :func:`protocol_class` is
+given a ``fallback`` (one of uvicorn's own ``ws`` protocol classes), is handed to
+it whole, so that the application's own WebSocket routes stay on plain ASGI
+(:mod:`roomcast.server.embed`). The choice is made once per connection, at the
+handshake; no frame pays for it.
+
+Long on purpose: one connection's handshake, frames and closing are one state
+machine over the same slots; split, each part would reach into the others'.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -121,7 +131,8 @@ class NativeConnection(Connection):
 class NativeWebSocketProtocol(asyncio.Protocol):
     """uvicorn ``ws`` protocol class bound to a hub (build it with :func:`protocol_class`).
 
-    Handles ``{prefix}`` and ``{prefix}/{room}``; any other path gets HTTP 404.
+    Handles ``{prefix}`` and ``{prefix}/{room}``; any other path gets HTTP 404,
+    or goes to the ``fallback`` protocol class when there is one (:meth:`elsewhere`).
     """
 
     __slots__ = (
@@ -133,6 +144,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         "eof",
         "frames",
         "head_tail",
+        "opened_with",
         "paused",
         "reading_held",
         "remote",
@@ -145,6 +157,7 @@ class NativeWebSocketProtocol(asyncio.Protocol):
     hub: ClassVar[Engine]
     config: ClassVar[HandlerConfig]
     prefix: ClassVar[str] = "/ws"
+    fallback: ClassVar[Callable[..., asyncio.Protocol] | None] = None
 
     def __init__(
         self,
@@ -155,6 +168,10 @@ class NativeWebSocketProtocol(asyncio.Protocol):
     ) -> None:
         self.server_connections: set[Any] | None = (
             server_state.connections if server_state is not None else None
+        )
+        # What the fallback protocol is built with, kept until the handshake is decided.
+        self.opened_with: tuple[Any, Any, Any] | None = (
+            (config, server_state, app_state) if self.fallback is not None else None
         )
         # The handshake's protocol until the connection opens, then the frames'
         # splitter; the request's last bytes (its end may straddle two reads),
@@ -281,8 +298,9 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         parts = urlsplit(request.path)
         path = unquote(parts.path)
         if path != self.prefix and not path.startswith(self.prefix + "/"):
-            self.refuse(Refusal(404, "no such endpoint"))
+            self.elsewhere(request)
             return
+        self.opened_with = None
         connect = ConnectRequest.build(
             path=path,
             route=path[len(self.prefix) :],
@@ -300,6 +318,30 @@ class NativeWebSocketProtocol(asyncio.Protocol):
         self._reading()
         task = self.hub.spawn(decision, name="roomcast-admission")
         task.add_done_callback(functools.partial(self.admission_done, request))
+
+    def elsewhere(self, request: Request) -> None:
+        """An upgrade outside the prefix: HTTP 404, or hand it to the ``fallback`` protocol.
+
+        The fallback (uvicorn's ASGI WebSocket protocol) takes over the transport
+        and is fed the request and what followed it, as uvicorn's HTTP protocol
+        would have fed it; from then on this object is out of the connection.
+        """
+        fallback, opened_with = self.fallback, self.opened_with
+        if fallback is None or opened_with is None:
+            self.refuse(Refusal(404, "no such endpoint"))
+            return
+        config, server_state, app_state = opened_with
+        self.opened_with = None
+        self.ws = None  # no answer of ours
+        self.close_sent = True
+        if self.server_connections is not None:
+            self.server_connections.discard(self)
+        early, self.early = self.early or b"", None
+        transport = self.transport
+        proto = fallback(config=config, server_state=server_state, app_state=app_state)
+        proto.connection_made(transport)
+        transport.set_protocol(proto)
+        proto.data_received(request.serialize() + early)
 
     def admission_done(self, request: Request, task: asyncio.Task[Any]) -> None:
         """An async admission finished: open or refuse, then read again."""
@@ -480,11 +522,24 @@ class NativeWebSocketProtocol(asyncio.Protocol):
 
 
 def protocol_class(
-    hub: Engine, config: HandlerConfig | None = None, *, prefix: str = "/ws"
+    hub: Engine,
+    config: HandlerConfig | None = None,
+    *,
+    prefix: str = "/ws",
+    fallback: Callable[..., asyncio.Protocol] | None = None,
 ) -> type[NativeWebSocketProtocol]:
     """Return a uvicorn ``ws`` protocol class serving ``hub`` at ``prefix``.
 
     Pass it as ``uvicorn.Config(app, ws=protocol_class(hub))``.
+
+    Args:
+        hub: the hub the connections join.
+        config: the endpoint's hooks, authentication and origins.
+        prefix: ``{prefix}`` and ``{prefix}/{room}`` are served natively.
+        fallback: a uvicorn ``ws`` protocol class (for example
+            :class:`~roomcast.frontends.wsguard.GuardedWebSocketProtocol`) that
+            serves upgrades on every other path through the ASGI app; without
+            one, those get HTTP 404.
     """
     return type(
         "BoundNativeWebSocketProtocol",
@@ -494,5 +549,6 @@ def protocol_class(
             "hub": hub,
             "config": config or HandlerConfig(),
             "prefix": prefix.rstrip("/"),
+            "fallback": None if fallback is None else staticmethod(fallback),
         },
     )

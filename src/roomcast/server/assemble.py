@@ -5,6 +5,10 @@ into one Starlette app and runs it on uvicorn (uvloop, httptools). WebSocket
 upgrades go to the native protocol class (:mod:`roomcast.frontends.native`) unless
 ``--ws asgi`` asks for the plain ASGI path; docs/benchmarks.md measures both.
 
+``--app module:attr`` adds the user's own ASGI app behind roomcast's endpoints: it
+gets every HTTP path they do not match, and every WebSocket path but ``/ws``
+(docs/topics/embedding.md); its lifespan runs inside the hub's.
+
 SIGTERM/SIGINT: uvicorn stops accepting, every WebSocket is closed with 1012,
 the hub and broker stop, and the process exits 0 within ``--shutdown-timeout``.
 """
@@ -12,8 +16,11 @@ the hub and broker stop, and the process exits 0 within ``--shutdown-timeout``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import uvicorn
@@ -23,15 +30,17 @@ from starlette.routing import BaseRoute, Mount
 from roomcast.app import Hub
 from roomcast.core.auth import Authenticator, JwtAuthenticator
 from roomcast.core.endpoint import HandlerConfig
+from roomcast.errors import ConfigError
 from roomcast.frontends.httpguard import guarded_http_protocol
 from roomcast.frontends.native import protocol_class
 from roomcast.frontends.wsguard import GuardedWebSocketProtocol
 from roomcast.integrations.proxy import ConnectProxy, JoinProxy, PublishProxy
 from roomcast.integrations.webhooks import Webhooks
+from roomcast.server.embed import ASGIApp, GracefulServer, app_lifespan
 from roomcast.server.logs import configure_logging
 from roomcast.settings import Settings
 
-__all__ = ["build_app", "build_hub", "handler_config", "run", "uvicorn_config"]
+__all__ = ["build_app", "build_hub", "handler_config", "load_app", "run", "uvicorn_config"]
 
 _log = logging.getLogger("roomcast.server")
 
@@ -89,11 +98,45 @@ def handler_config(settings: Settings) -> HandlerConfig:
     )
 
 
+def load_app(spec: str) -> ASGIApp:
+    """Import the ASGI app named ``module:attribute`` (``--app``).
+
+    The current directory is searched first, as ``uvicorn module:app`` does.
+
+    Raises:
+        ConfigError: the module cannot be imported, has no such attribute, or
+            the attribute is not callable; the message is one line.
+    """
+    name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+            raise ConfigError(f"--app: no module named {exc.name!r} (in {spec!r})") from exc
+        raise ConfigError(f"--app: importing {name!r} failed: {exc!r}") from exc
+    except Exception as exc:
+        raise ConfigError(f"--app: importing {name!r} failed: {exc!r}") from exc
+    found: Any = module
+    for part in attribute.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise ConfigError(f"--app: module {name!r} has no attribute {attribute!r}") from None
+    if not callable(found):
+        raise ConfigError(f"--app: {spec!r} is not an ASGI app (got {type(found).__name__})")
+    app: ASGIApp = found
+    return app
+
+
 def _lifespan(
-    hub: Hub, settings: Settings, handler: HandlerConfig
-) -> Callable[[object], contextlib.AbstractAsyncContextManager[None]]:
+    hub: Hub, settings: Settings, handler: HandlerConfig, app: ASGIApp | None
+) -> Callable[[object], contextlib.AbstractAsyncContextManager[Mapping[str, Any]]]:
     # The hub with what talks to the backend: proxies open before the hub and close
-    # after it; webhooks are flushed after the hub closed its connections.
+    # after it; webhooks are flushed after the hub closed its connections. The
+    # user's app (--app) starts once the hub runs and stops before it closes; what
+    # its lifespan puts in its state reaches its requests (Starlette merges it).
     parts = [
         part
         for part in (handler.authenticator, handler.on_join, handler.on_publish)
@@ -101,7 +144,8 @@ def _lifespan(
     ]
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: object) -> AsyncIterator[None]:
+    async def lifespan(_: object) -> AsyncIterator[Mapping[str, Any]]:
+        state: dict[str, Any] = {}
         async with contextlib.AsyncExitStack() as stack:
             for part in parts:
                 await stack.enter_async_context(part)
@@ -109,21 +153,11 @@ def _lifespan(
                 webhooks = Webhooks(hub, settings.webhook_url, settings.webhook_secret)
                 await stack.enter_async_context(webhooks)
             await stack.enter_async_context(hub)
-            yield
+            if app is not None:
+                await stack.enter_async_context(app_lifespan(app, state))
+            yield state
 
     return lifespan
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, minus re-raising SIGTERM after a graceful shutdown (exit 0)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        with super().capture_signals():
-            try:
-                yield
-            finally:
-                self._captured_signals.clear()
 
 
 def build_app(hub: Hub, settings: Settings, config: HandlerConfig | None = None) -> Starlette:
@@ -132,6 +166,11 @@ def build_app(hub: Hub, settings: Settings, config: HandlerConfig | None = None)
     With ``settings.demo`` it also serves the console and the demo routes
     (:mod:`roomcast.server.demo`); pass settings prepared by
     :func:`~roomcast.server.demo.demo_settings` then, as :func:`run` does.
+    With ``settings.app`` (``--app``) the user's app comes last, for every path
+    roomcast's routes do not match; its lifespan runs inside the hub's.
+
+    Raises:
+        ConfigError: ``settings.app`` cannot be loaded (:func:`load_app`).
     """
     handler = config or handler_config(settings)
     demo: list[BaseRoute] = []
@@ -139,20 +178,25 @@ def build_app(hub: Hub, settings: Settings, config: HandlerConfig | None = None)
         from roomcast.server.demo import demo_routes
 
         demo = demo_routes(hub, settings)
+    api = hub.api_app(api_key=settings.api_key, insecure=settings.api_insecure)
+    user = load_app(settings.app) if settings.app else None
+    # With --app: roomcast's own routes first, then everything else to the app.
+    rest: list[BaseRoute] = (
+        [Mount("/", app=api)] if user is None else [*api.router.routes, Mount("/", app=user)]
+    )
     return Starlette(
-        routes=[
-            *hub.websocket_routes(handler),
-            *demo,
-            Mount("/", app=hub.api_app(api_key=settings.api_key, insecure=settings.api_insecure)),
-        ],
-        lifespan=_lifespan(hub, settings, handler),
+        routes=[*hub.websocket_routes(handler), *demo, *rest],
+        lifespan=_lifespan(hub, settings, handler, user),
     )
 
 
 def uvicorn_config(hub: Hub, settings: Settings, config: HandlerConfig | None = None) -> Any:
     """Return the ``uvicorn.Config`` that serves ``hub`` as ``settings`` describe."""
     handler = config or handler_config(settings)
-    ws: Any = protocol_class(hub, handler) if settings.ws == "native" else GuardedWebSocketProtocol
+    ws: Any = GuardedWebSocketProtocol
+    if settings.ws == "native":  # with --app, other WebSocket paths go to its ASGI routes
+        fallback = GuardedWebSocketProtocol if settings.app else None
+        ws = protocol_class(hub, handler, fallback=fallback)
     return uvicorn.Config(
         build_app(hub, settings, handler),
         host=settings.host,
@@ -187,7 +231,7 @@ def run(settings: Settings) -> int:
         settings = demo_settings(settings)
     hub = build_hub(settings)
     handler = handler_config(settings)
-    server = _Server(uvicorn_config(hub, settings, handler))
+    server = GracefulServer(uvicorn_config(hub, settings, handler))
     authenticator = handler.authenticator
     _log.info(
         "roomcast serving",
@@ -195,6 +239,7 @@ def run(settings: Settings) -> int:
             "url": f"http://{settings.host}:{settings.port}",
             "broker": type(hub.broker).__name__,
             "ws": settings.ws,
+            **({"app": settings.app} if settings.app else {}),
             "auth": ",".join(authenticator.algorithms)
             if isinstance(authenticator, JwtAuthenticator)
             else "proxy"

@@ -373,6 +373,20 @@ def is_http_url(value: object) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
+_DOTTED = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
+"""A dotted Python name: ``myproject.asgi``."""
+
+
+def is_app_path(value: object) -> bool:
+    """Whether ``value`` is unset (None) or names an object as ``module:attribute``.
+
+    Both sides are dotted Python names: ``myproject.asgi:app``, ``main:api.app``.
+    """
+    if value is None:
+        return True
+    return isinstance(value, str) and re.fullmatch(rf"{_DOTTED}:{_DOTTED}", value) is not None
+
+
 def _parse_namespaces(raw: object) -> tuple[Namespace, ...]:
     # JSON text (a flag, the environment) or a TOML table; ConfigError says what is wrong.
     if isinstance(raw, tuple) and all(isinstance(n, Namespace) for n in raw):

@@ -26,6 +26,7 @@ from roomcast.errors import ConfigError
 from roomcast.settings.options import (
     choice,
     integer,
+    is_app_path,
     is_http_url,
     is_prefix,
     is_redis_url,
@@ -421,6 +422,18 @@ class Settings:
             "serve the browser console at / and mint demo tokens (development only)", group="server"
         ),
     )
+    app: str | None = field(
+        default=None,
+        metadata=optional_text(
+            "your ASGI app (FastAPI, Starlette...) as module:attribute, served for every"
+            " path roomcast's own endpoints do not take (WebSockets but /ws included);"
+            " see docs/topics/embedding.md",
+            group="server",
+            metavar="MODULE:ATTR",
+            check=is_app_path,
+            expected="module:attribute, e.g. myproject.asgi:app",
+        ),
+    )
     shutdown_timeout: float = field(
         default=10.0,
         metadata=number("seconds to close connections and flush on SIGTERM/SIGINT", group="server"),
@@ -453,6 +466,8 @@ class Settings:
             raise ConfigError(
                 "--proxy-connect: the backend decides connections; do not set --jwt-* with it"
             )
+        if self.app and self.demo:
+            raise ConfigError("--app: cannot be combined with --demo (both serve /)")
         if self.webhook_url and not self.webhook_secret:
             raise ConfigError("--webhook-secret: is required with --webhook-url")
         if self.rate and self.rate_bytes and self.burst_bytes < self.max_message_bytes:
