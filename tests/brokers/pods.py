@@ -28,6 +28,7 @@ __all__ = [
     "Inbox",
     "Serve",
     "assert_in_order",
+    "chatter",
     "crossed",
     "is_notice",
     "metric",
@@ -176,3 +177,13 @@ def _seen(box: Inbox) -> str:
         return f"{m.get('offset', '-')}:{data.get('text') or data.get('event')}"
 
     return " ".join(one(m) for m in box.messages)
+
+
+async def chatter(box: Inbox, tag: str, stop: asyncio.Event, *, every: float, most: int) -> None:
+    """Send ``<tag>-<i>`` chats from ``box`` every ``every`` s until ``stop`` (at most ``most``)."""
+    for i in range(most):
+        if stop.is_set():
+            return
+        with contextlib.suppress(Exception):  # the pod may be restarting its Redis side
+            await box.send_chat(f"{tag}-{i}")
+        await asyncio.sleep(every)

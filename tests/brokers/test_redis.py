@@ -86,7 +86,12 @@ class TestRedisBroker(BrokerConformance):
     ttl = 1.0  # Redis expires keys in whole seconds: real sleeps of 0.6 to 2 s
 
     @pytest.fixture
-    async def make_broker(self, redis_url: str) -> AsyncIterator[MakeBroker]:
+    def broker_url(self, redis_url: str) -> str:
+        """The Redis the suite's brokers use (a cluster's, in a subclass)."""
+        return redis_url
+
+    @pytest.fixture
+    async def make_broker(self, broker_url: str) -> AsyncIterator[MakeBroker]:
         prefix = unique_prefix()
         brokers: list[RedisBroker] = []
 
@@ -99,7 +104,7 @@ class TestRedisBroker(BrokerConformance):
             retention: Retention | None = None,
         ) -> Broker:
             broker = RedisBroker(
-                redis_url,
+                broker_url,
                 prefix=prefix,
                 history_size=history_size,
                 history_ttl=history_ttl,

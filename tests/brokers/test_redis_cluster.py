@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from redis.asyncio import Redis
 
-from roomcast.brokers.base import Broker, Retention
 from roomcast.brokers.redis import RedisBroker
 from roomcast.protocol import MessageFactory
 from tests.brokers import test_redis
-from tests.brokers.conformance import MakeBroker, Recorder
+from tests.brokers.conformance import Recorder
 from tests.brokers.pods import (
     FAILOVER_FLAGS,
     Inbox,
     Serve,
     assert_in_order,
+    chatter,
     crossed,
     is_notice,
     start_pods,
@@ -69,34 +69,8 @@ class TestRedisClusterBroker(test_redis.TestRedisBroker):
     """Every behaviour of the broker, on a cluster."""
 
     @pytest.fixture
-    async def make_broker(self, shared_cluster: ClusterTopology) -> AsyncIterator[MakeBroker]:
-        prefix = unique_prefix()
-        brokers: list[RedisBroker] = []
-
-        async def make(
-            handler: Recorder,
-            *,
-            history_size: int = 100,
-            history_ttl: float = 300.0,
-            history_bytes: int = 1 << 20,
-            retention: Retention | None = None,
-        ) -> Broker:
-            broker = RedisBroker(
-                shared_cluster.url(),
-                prefix=prefix,
-                history_size=history_size,
-                history_ttl=history_ttl,
-                history_bytes=history_bytes,
-            )
-            broker.set_retention(retention)
-            brokers.append(broker)
-            await broker.start(handler)
-            await wait_ready(broker)
-            return broker
-
-        yield make
-        for broker in brokers:
-            await broker.close()
+    def broker_url(self, shared_cluster: ClusterTopology) -> str:
+        return shared_cluster.url()
 
 
 async def test_rooms_are_spread_over_every_shard_and_published_there(
@@ -184,17 +158,8 @@ async def test_pods_keep_every_room_through_a_shard_failover(
         await crossed(on_a, on_b, f"before-{room}", 5000 * MS)
 
     stop = asyncio.Event()
-
-    async def chatter(box: Inbox, tag: str) -> None:
-        for i in range(1000):  # bounded: 30 ms apart, stopped by the test
-            if stop.is_set():
-                return
-            with contextlib.suppress(Exception):
-                await box.send_chat(f"{tag}-{i}")
-            await asyncio.sleep(30 * MS)
-
     talkers = [
-        asyncio.create_task(chatter(box, f"{room}-{side}"))
+        asyncio.create_task(chatter(box, f"{room}-{side}", stop, every=30 * MS, most=1000))
         for room, pair in boxes.items()
         for side, box in zip("ab", pair, strict=True)
     ]

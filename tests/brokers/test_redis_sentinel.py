@@ -25,6 +25,7 @@ from tests.brokers.pods import (
     Inbox,
     Serve,
     assert_in_order,
+    chatter,
     crossed,
     is_notice,
     retained,
@@ -51,16 +52,10 @@ async def test_pods_follow_a_failover_to_the_new_master_while_clients_chat(
     await crossed(a1, b1, "before", 3000 * MS)
 
     stop = asyncio.Event()
-
-    async def chatter(box: Inbox, tag: str) -> None:
-        for i in range(2000):  # bounded: 20 ms apart, stopped by the test
-            if stop.is_set():
-                return
-            with contextlib.suppress(Exception):
-                await box.send_chat(f"{tag}-{i}")
-            await asyncio.sleep(20 * MS)
-
-    talkers = [asyncio.create_task(chatter(a1, "a")), asyncio.create_task(chatter(b1, "b"))]
+    talkers = [
+        asyncio.create_task(chatter(box, tag, stop, every=20 * MS, most=2000))
+        for box, tag in ((a1, "a"), (b1, "b"))
+    ]
     await asyncio.sleep(300 * MS)
     old = await asyncio.to_thread(sentinel.kill_master)
     new = await asyncio.to_thread(sentinel.wait_for_failover)
