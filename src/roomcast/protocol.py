@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import enum
 import re
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeGuard
@@ -25,6 +26,10 @@ import orjson
 import uuid_utils
 
 from roomcast.errors import ErrorCode, ProtocolError
+
+_loads: Final = orjson.loads
+_dumps: Final = orjson.dumps
+_new: Final = object.__new__
 
 __all__ = [
     "CLIENT_TYPES",
@@ -67,6 +72,9 @@ class PresenceStatus(enum.StrEnum):
 
 
 _TYPES: Final = {t.value: t for t in MessageType}
+_CHAT: Final = MessageType.CHAT
+_JOIN: Final = MessageType.JOIN
+_LEAVE: Final = MessageType.LEAVE
 
 CLIENT_TYPES: Final = frozenset(
     {
@@ -79,6 +87,8 @@ CLIENT_TYPES: Final = frozenset(
     }
 )
 """Types a client may send; any other type is answered with ``forbidden_type``."""
+
+_CLIENT_TYPES: Final = {t.value: t for t in CLIENT_TYPES}
 
 RETAINED_TYPES: Final = frozenset({MessageType.CHAT, MessageType.NOTIFICATION, MessageType.SYSTEM})
 """Types kept in a room's history (when published to a room)."""
@@ -96,6 +106,7 @@ between the two would parse and then fail to go out, so it is refused up front.
 """
 MAX_ROOM_LENGTH: Final = 128
 _ROOM_RE: Final = re.compile(r"[A-Za-z0-9_\-.:@]{1,128}")
+_room_match: Final = _ROOM_RE.fullmatch
 
 
 def is_valid_room(name: object) -> TypeGuard[str]:
@@ -188,6 +199,9 @@ class Message:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"not a message: {exc}") from exc
 
 
+_init_message: Final = Message.__init__
+
+
 def encode(message: Message) -> bytes:
     """Serialize ``message`` to its JSON wire form (UTF-8 bytes).
 
@@ -196,11 +210,15 @@ def encode(message: Message) -> bytes:
             nested too deeply, or holding values that are not JSON).
     """
     try:
-        return orjson.dumps(message.to_dict())
+        return _dumps(message.to_dict())
     except (orjson.JSONEncodeError, TypeError, ValueError) as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"message cannot be encoded as JSON: {exc}", ref=message.ref
-        ) from None
+        raise _unencodable(message, exc) from None
+
+
+def _unencodable(message: Message, exc: Exception) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.INVALID_MESSAGE, f"message cannot be encoded as JSON: {exc}", ref=message.ref
+    )
 
 
 class Encoded:
@@ -228,8 +246,28 @@ class Encoded:
 
     @classmethod
     def of(cls, message: Message) -> Encoded:
-        """Encode ``message``."""
-        return cls(encode(message), message)
+        """Encode ``message``.
+
+        Raises:
+            ProtocolError: ``invalid_message``, as :func:`encode` does.
+        """
+        # The hot path of every publication: the same as cls(encode(message),
+        # message), without the calls between.
+        try:
+            payload = _dumps(message.to_dict())
+        except (orjson.JSONEncodeError, TypeError, ValueError) as exc:
+            raise _unencodable(message, exc) from None
+        n = len(payload)
+        encoded = _new(cls)
+        if n < 1024:
+            encoded.frame = _HEADERS[n] + payload
+            encoded.start = 2 if n < 126 else 4
+        else:
+            encoded.frame = _text_frame(payload)
+            encoded.start = 4 if n < 65536 else 10
+        encoded.message = message
+        encoded._text = None
+        return encoded
 
     @classmethod
     def stored(cls, payload: bytes | memoryview) -> Encoded:
@@ -275,18 +313,24 @@ class Encoded:
         return f"Encoded({head!r}{'…' if len(self) > 60 else ''})"
 
 
-_SHORT_HEADERS: Final = tuple(bytes((0x81, n)) for n in range(126))
+_HEADERS: Final = tuple(
+    bytes((0x81, n)) if n < 126 else b"\x81\x7e" + n.to_bytes(2, "big") for n in range(1024)
+)
+"""The text-frame header of each payload size under 1 KiB (nearly every message's)."""
+
+_HEADER16: Final = struct.Struct("!2sH").pack
+_HEADER64: Final = struct.Struct("!2sQ").pack
 
 
 def _text_frame(payload: bytes | memoryview) -> bytes:
     # Server-to-client frames are never masked, so a frame is a fixed header in
     # front of the payload: FIN + opcode 0x1, then the 7/16/64-bit length.
     n = len(payload)
-    if n < 126:
-        return _SHORT_HEADERS[n] + payload
+    if n < 1024:
+        return _HEADERS[n] + payload
     if n < 65536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+        return _HEADER16(b"\x81\x7e", n) + payload
+    return _HEADER64(b"\x81\x7f", n) + payload
 
 
 def _stored_message(payload: bytes | memoryview) -> Message:
@@ -324,12 +368,14 @@ class ClientMessage:
     last_id: str | None = None
 
 
-def parse(raw: bytes | str) -> ClientMessage:
+def parse(raw: bytes | str, *, joined: Container[str] = ()) -> ClientMessage:
     """Parse and validate one client frame.
 
     Args:
         raw: the frame's payload (text frames arrive as ``str``; bytes are decoded
             as UTF-8).
+        joined: room names known to be valid (the rooms the sender is in); a
+            ``room`` among them skips the name check.
 
     Raises:
         ProtocolError: ``invalid_json`` if the frame is not JSON text,
@@ -338,10 +384,10 @@ def parse(raw: bytes | str) -> ClientMessage:
             The error carries the message's ``ref`` when it could be read.
     """
     try:
-        obj = orjson.loads(raw)
+        obj = _loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"frame is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:  # orjson makes plain dicts
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE, f"message must be a JSON object, not {_kind(obj)}"
         )
@@ -355,38 +401,31 @@ def parse(raw: bytes | str) -> ClientMessage:
             ref=ref if isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH else None,
         )
 
-    ref = obj.get("ref")
-    if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_REF_LENGTH):
+    get = obj.get
+    ref = get("ref")
+    if ref is not None and (type(ref) is not str or len(ref) > MAX_REF_LENGTH):
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE, f"ref must be a string of at most {MAX_REF_LENGTH} chars"
         )
 
-    type_name = obj.get("type")
-    if not isinstance(type_name, str):
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "message needs a string 'type'", ref=ref)
-    type_ = _TYPES.get(type_name)
+    type_name = get("type")
+    type_ = _CLIENT_TYPES.get(type_name) if type(type_name) is str else None
     if type_ is None:
-        raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"unknown message type {type_name[:40]!r}", ref=ref
-        )
-    if type_ not in CLIENT_TYPES:
-        raise ProtocolError(
-            ErrorCode.FORBIDDEN_TYPE,
-            f"clients may not send {type_.value!r} messages",
-            ref=ref,
-        )
+        raise _bad_type(type_name, ref)
 
-    room = obj.get("room")
+    room = get("room")
     if room is not None:
-        if not (isinstance(room, str) and _ROOM_RE.fullmatch(room)):
+        if type(room) is not str or (room not in joined and not _room_match(room)):
             validate_room(room, ref=ref)  # raises invalid_room
-    elif type_ in (MessageType.JOIN, MessageType.LEAVE):
+    elif type_ is _JOIN or type_ is _LEAVE:
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{type_.value} needs a 'room'", ref=ref)
 
-    data = obj.get("data")
+    if type_ is _CHAT:  # the common case: nothing more to check
+        return ClientMessage(type_, room, get("data"), ref)
+    data = get("data")
     last_id = None
-    if type_ is MessageType.JOIN:
-        last_id = obj.get("last_id")
+    if type_ is _JOIN:
+        last_id = get("last_id")
         if last_id is not None and (not isinstance(last_id, str) or len(last_id) > 64):
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE, "last_id must be a message id string", ref=ref
@@ -404,7 +443,21 @@ def parse(raw: bytes | str) -> ClientMessage:
         if not isinstance(token, str) or not token:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "auth needs data.token", ref=ref)
 
-    return ClientMessage(type=type_, room=room, data=data, ref=ref, last_id=last_id)
+    return ClientMessage(type_, room, data, ref, last_id)
+
+
+def _bad_type(type_name: object, ref: str | None) -> ProtocolError:
+    # Why a frame's ``type`` is not one a client may send.
+    if not isinstance(type_name, str):
+        return ProtocolError(ErrorCode.INVALID_MESSAGE, "message needs a string 'type'", ref=ref)
+    type_ = _TYPES.get(type_name)
+    if type_ is None:
+        return ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"unknown message type {type_name[:40]!r}", ref=ref
+        )
+    return ProtocolError(
+        ErrorCode.FORBIDDEN_TYPE, f"clients may not send {type_.value!r} messages", ref=ref
+    )
 
 
 def _brackets(raw: bytes | str) -> int:
@@ -452,7 +505,7 @@ class MessageFactory:
         clock: returns the current time in seconds since the epoch.
     """
 
-    __slots__ = ("_clock", "_id_factory", "_last_ms", "_last_stamp")
+    __slots__ = ("_clock", "_id_factory", "_last_ms", "_last_second", "_last_stamp", "_second")
 
     def __init__(
         self,
@@ -464,13 +517,19 @@ class MessageFactory:
         self._clock = clock
         self._last_ms = -1
         self._last_stamp = ""
+        self._last_second: int | None = None
+        self._second = ""
 
     def timestamp(self, now: float) -> str:
         """Format ``now`` as RFC 3339 UTC with milliseconds and a ``Z`` suffix."""
         ms = int(now * 1000)
         if ms != self._last_ms:  # many messages share a millisecond: format it once
-            dt = datetime.fromtimestamp(ms / 1000, UTC)
-            self._last_stamp = dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+            second, milli = divmod(ms, 1000)
+            if second != self._last_second:  # and the second's part once a second
+                stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+                self._second = stamp
+                self._last_second = second
+            self._last_stamp = f"{self._second}{milli:03d}Z"
             self._last_ms = ms
         return self._last_stamp
 
@@ -491,18 +550,29 @@ class MessageFactory:
         room: str | None = None,
         data: Any = None,
         sender: str | None = None,
+        ref: str | None = None,
     ) -> Message:
-        """Build a new message with its server-assigned fields (as :meth:`stamp` sets them)."""
+        """Build a new message with its server-assigned fields (as :meth:`stamp` sets them).
+
+        ``ref`` is the client's ref of the frame it answers (:attr:`Message.ref`).
+        """
         now = self._clock()
-        return Message(
+        ms = int(now * 1000)
+        message: Message = _new(Message)
+        # Message.__init__ called directly: calling the class with keywords costs
+        # three times as much (this runs for every message).
+        _init_message(
+            message,
             type=type_,
             room=room,
             data=data,
             id=self._id_factory(),
             from_=sender,
-            timestamp=self.timestamp(now),
+            timestamp=self._last_stamp if ms == self._last_ms else self.timestamp(now),
             created=now,
+            ref=ref,
         )
+        return message
 
     def system(
         self, event: str, data: dict[str, Any] | None = None, *, room: str | None = None

@@ -206,7 +206,10 @@ class MemoryBroker:
             and message.type in RETAINED_TYPES
             and (self._history_size if self._retention is None else self._limits(room)[0])
         ):
-            stream = self._open(room, now := self._clock())
+            now = self._clock()
+            stream = self._streams.get(room)
+            if stream is None or now - stream.touched > stream.ttl:
+                stream = self._open(room, now)
             ref = message.ref
             if ref is not None:
                 key = f"{message.from_}\0{ref}"
@@ -215,18 +218,18 @@ class MemoryBroker:
                 if stored is not None and stored[1] >= stream.first:
                     message.id, message.offset = stored
                     return _Published(message)
-            message.offset = stream.offset + 1
+            offset = message.offset = stream.offset + 1
             try:
                 encoded = Encoded.of(message)
             except ProtocolError:
                 message.offset = None  # nothing taken: the next message gets this offset
                 raise
             stream.touched = now
-            stream.offset += 1
+            stream.offset = offset
             if ref is not None:
                 acks = stream.acks
                 acks.pop(key, None)  # re-inserted, so it is the newest to evict
-                acks[key] = (message.id, stream.offset)
+                acks[key] = (message.id, offset)
                 if len(acks) > stream.size:
                     del acks[next(iter(acks))]
             self._retain(room, stream, message.id, encoded.frame)
@@ -238,22 +241,34 @@ class MemoryBroker:
     def _retain(self, room: str, stream: _Stream, message_id: str, frame: bytes) -> None:
         entries = stream.entries
         entries.append((message_id, frame))
-        size = len(frame)
-        stream.bytes += size
-        self.retained_bytes += size
-        self._entries += 1
-        self._order.append((room, stream.epoch, stream.offset))
-        evicted = 0
-        while len(entries) > stream.size:
-            self._evict_oldest(stream)
-        while stream.bytes > self._room_bytes and len(entries) > 1:
-            self._evict_oldest(stream)
-            evicted += 1
-        if evicted and self._handler is not None:
-            self._handler.handle_history_evicted("room", evicted)
+        order = self._order
+        epoch = stream.epoch
+        order.append((room, epoch, stream.offset))
+        added = len(frame)
+        count = 1
+        while len(entries) > stream.size:  # once full: one in, one out
+            gone = stream.offset - len(entries) + 1
+            added -= len(entries.popleft()[1])
+            count -= 1
+            # Rooms evict their oldest as they take new ones, so the record of
+            # the entry gone is often the pod's oldest: drop it now rather
+            # than at the next compaction.
+            head = order[0]
+            if head[2] == gone and head[0] == room and head[1] == epoch:
+                order.popleft()
+        stream.bytes += added
+        self.retained_bytes += added
+        self._entries += count
+        if stream.bytes > self._room_bytes:
+            evicted = 0
+            while stream.bytes > self._room_bytes and len(entries) > 1:
+                self._evict_oldest(stream)
+                evicted += 1
+            if evicted and self._handler is not None:
+                self._handler.handle_history_evicted("room", evicted)
         if self.retained_bytes > self._max_bytes:
             self._evict_pod()
-        if len(self._order) > 2 * self._entries + 1024:
+        if len(order) > 2 * self._entries + 1024:
             self._compact()
 
     def _evict_oldest(self, stream: _Stream) -> None:

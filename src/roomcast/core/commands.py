@@ -46,6 +46,8 @@ __all__ = ["Commands"]
 
 _log = logging.getLogger("roomcast.hub")
 
+_CHAT = MessageType.CHAT
+
 
 class Commands:
     """Handles client frames: rate limits, parsing, and each message type.
@@ -64,12 +66,14 @@ class Commands:
         "_announce_status",
         "_broker",
         "_hub",
+        "_make",
         "_membership",
         "_messages",
         "_metrics",
         "_namespaces",
         "_rate",
         "_rate_bytes",
+        "_received",
         "_refresh",
         "_statuses",
     )
@@ -86,6 +90,8 @@ class Commands:
         self._broker = hub.broker
         self._metrics = hub.metrics
         self._messages = hub.messages
+        self._make = hub.messages.make
+        self._received = hub.metrics.messages_received
         self._statuses = hub.statuses
         self._namespaces = hub.namespaces if hub.namespaces else None
         self._rate = hub.rate
@@ -101,16 +107,16 @@ class Commands:
         next frame (see :meth:`Connection.receive
         <roomcast.core.connection.Connection.receive>`).
         """
-        self._metrics.messages_received.inc()
+        self._received.value += 1  # HotCounter.inc, inlined
         if conn.abuse is not None:
             over = self._over_rate(conn, raw)
             if over is not None:
                 self._rate_limited(conn, raw, over)
                 return None
         try:
-            msg = parse(raw)
+            msg = parse(raw, joined=conn.rooms)
             kind = msg.type
-            if kind is MessageType.CHAT:
+            if kind is _CHAT:
                 return self._chat(conn, msg)
             if kind is MessageType.PING:
                 pong = self._messages.make(MessageType.PONG, data=msg.data)
@@ -215,7 +221,9 @@ class Commands:
     def _chat(self, conn: Connection, msg: ClientMessage) -> Awaitable[None] | None:
         # The room's namespace, then on_publish (authorizes), then on_message
         # (transforms or drops), then the broker; a ref gets the ack.
-        room = self._target(conn, msg)
+        room = msg.room
+        if room is None or room not in conn.rooms:
+            room = self._target(conn, msg)
         namespaces = self._namespaces
         if namespaces is not None and not namespaces(room).client_publish:
             raise ProtocolError(
@@ -223,12 +231,20 @@ class Commands:
                 f"room {room!r} takes messages from the server only",
                 ref=msg.ref,
             )
-        message = self._messages.make(
-            MessageType.CHAT, room=room, data=msg.data, sender=conn.user_id
-        )
-        message.ref = msg.ref
-        check = conn.config.on_publish
+        ref = msg.ref
+        message = self._make(_CHAT, room=room, data=msg.data, sender=conn.user_id, ref=ref)
+        config = conn.config
+        check = config.on_publish
         if check is None:
+            if config.on_message is None:  # no hook: straight to the broker (_publish_from)
+                try:
+                    pending = self._broker.publish(message)
+                except ProtocolError as exc:
+                    self._hub.send_error(conn, exc)
+                    return None
+                if ref is not None:
+                    pending.add_done_callback(functools.partial(self._acknowledge, conn, ref))
+                return None
             return self._filter(conn, message)
         try:
             verdict = check(conn, message)

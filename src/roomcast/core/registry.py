@@ -2,11 +2,16 @@
 
 Pure bookkeeping plus the fan-out loop. No I/O: queuing a frame on a connection
 only appends to its pending list (see :mod:`roomcast.core.connection`).
+
+A room's members are the keys of a dict (values None), not a set: a dict keeps
+its keys in one dense array, which the fan-out walks, where a set's table is
+mostly empty slots (a room of 5 has 32), each a cache line to load at every
+message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, KeysView
 
 from roomcast.core.connection import Connection
 from roomcast.core.flusher import Flusher
@@ -22,7 +27,8 @@ class Registry:
 
     def __init__(self) -> None:
         self.connections: dict[str, Connection] = {}
-        self.rooms: dict[str, set[Connection]] = {}
+        self.rooms: dict[str, dict[Connection, None]] = {}
+        """Room name -> its local members (the keys; do not mutate)."""
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -43,7 +49,7 @@ class Registry:
         for room in conn.rooms:  # conn.rooms stays as it was, for on_disconnect
             members = self.rooms.get(room)
             if members is not None:
-                members.discard(conn)
+                members.pop(conn, None)
                 if not members:
                     del self.rooms[room]
             left.append((room, room not in self.rooms))
@@ -54,8 +60,8 @@ class Registry:
         members = self.rooms.get(room)
         first = members is None
         if members is None:
-            members = self.rooms[room] = set()
-        members.add(conn)
+            members = self.rooms[room] = {}
+        members[conn] = None
         conn.rooms.add(room)
         return first
 
@@ -65,19 +71,20 @@ class Registry:
         members = self.rooms.get(room)
         if members is None:
             return False
-        members.discard(conn)
+        members.pop(conn, None)
         if members:
             return False
         del self.rooms[room]
         return True
 
-    def members(self, room: str) -> set[Connection]:
-        """Local members of ``room`` (do not mutate)."""
-        return self.rooms.get(room) or set()
+    def members(self, room: str) -> KeysView[Connection]:
+        """Local members of ``room``, a live view (copy it to keep it)."""
+        members = self.rooms.get(room)
+        return members.keys() if members is not None else {}.keys()
 
     @staticmethod
     def fanout(
-        conns: Iterable[Connection], encoded: Encoded, flusher: Flusher, small: int = 0
+        conns: Collection[Connection], encoded: Encoded, flusher: Flusher, small: int = 0
     ) -> int:
         """Queue ``encoded`` on every connection in ``conns``; return how many took it.
 
@@ -89,12 +96,13 @@ class Registry:
         """
         dirty = flusher.dirty
         marked = len(dirty)
-        n = 0
+        n = len(conns)
         size = len(encoded.frame)
         if size <= small:
             for conn in conns:
                 pending = conn.pending
-                if pending is None:
+                if pending is None:  # closing
+                    n -= 1
                     continue
                 pending.append(encoded)
                 count = len(pending)
@@ -102,11 +110,11 @@ class Registry:
                     dirty.append(conn)
                 elif count >= conn.limit:
                     conn.overflow()
-                n += 1
         else:
             for conn in conns:
                 pending = conn.pending
                 if pending is None:
+                    n -= 1
                     continue
                 pending.append(encoded)
                 queued = conn.queued = conn.queued + size
@@ -115,7 +123,6 @@ class Registry:
                     dirty.append(conn)
                 elif count >= conn.limit or queued >= conn.byte_limit:
                     conn.overflow()
-                n += 1
         if len(dirty) != marked:
             flusher.schedule()
         return n

@@ -202,8 +202,8 @@ class FrameSplitter:
                 if end > size:
                     self._need = end - i
                     break
-                try:
-                    events.append(str(_unmask(data[start:end], data[start - 4 : start]), "utf-8"))
+                try:  # bytes.decode(): a third faster than str(..., "utf-8")
+                    events.append(_unmask(data[start:end], data[start - 4 : start]).decode())
                 except UnicodeDecodeError:
                     self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text frame", events)
                     return events
@@ -292,7 +292,7 @@ class FrameSplitter:
             events.append(payload)
             return True
         try:
-            events.append(str(payload, "utf-8"))
+            events.append(payload.decode())
         except UnicodeDecodeError:
             return self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text frame", events)
         return True
