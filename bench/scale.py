@@ -402,6 +402,28 @@ def other_cpu_pct(a: dict[str, Any], b: dict[str, Any], wall: float) -> float | 
     return round(100 * float(used) / os.sysconf("SC_CLK_TCK") / wall, 1)
 
 
+def other_top(a: dict[str, Any], b: dict[str, Any], wall: float, n: int = 4) -> list[str]:
+    """The ``n`` busiest processes this script did not start (kernel threads such as
+    ksoftirqd included: they carry loopback TCP work), as "name (pid) pct%"."""
+    if wall <= 0:
+        return []
+    ours = set(a["ours"]) | set(b["ours"])
+    before = a["all_ticks"]
+    used = sorted(
+        ((t - before.get(pid, 0), pid) for pid, t in b["all_ticks"].items() if pid not in ours),
+        reverse=True,
+    )[:n]
+    out = []
+    for ticks, pid in used:
+        if ticks <= 0:
+            break
+        name = "?"
+        with contextlib.suppress(OSError):
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        out.append(f"{name} ({pid}) {100 * ticks / os.sysconf('SC_CLK_TCK') / wall:.0f}%")
+    return out
+
+
 def wait_for_quiet(limit: float, threshold: float = 10.0) -> float:
     """Wait at most ``limit`` s until other processes use < ``threshold``% of a core over 1 s;
     return the last measured share."""
@@ -946,6 +968,7 @@ class Run:
             },
             "core_busy_pct": busy_pct(a["cores"], b["cores"]),
             "other_processes_cpu_pct": other_cpu_pct(a, b, wall),
+            "other_processes_top": other_top(a, b, wall),
         }
 
     def wait_quiet(self, limit: float, threshold_pct: float = 15.0) -> float:

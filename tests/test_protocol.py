@@ -125,6 +125,26 @@ def test_client_supplied_server_fields_are_dropped() -> None:
     assert "mallory" not in repr(msg)
 
 
+def test_parse_trusts_the_rooms_it_is_told_are_joined() -> None:
+    # A room among ``joined`` skips the name check (the sender's rooms were
+    # checked when it joined them); anything else is checked as always.
+    assert parse(dumps({"type": "chat", "room": "r", "data": 1}), joined={"r"}).room == "r"
+    assert parse(dumps({"type": "chat", "room": "s", "data": 1}), joined={"r"}).room == "s"
+    for room in ("bad room", "", "x" * 129):
+        with pytest.raises(ProtocolError) as info:
+            parse(dumps({"type": "chat", "room": room}), joined={"r"})
+        assert info.value.code is ErrorCode.INVALID_ROOM
+    for room in (["r"], {"r": 1}, 7, True):  # never looked up (unhashable or not a name)
+        with pytest.raises(ProtocolError) as info:
+            parse(dumps({"type": "chat", "room": room}), joined={"r"})
+        assert info.value.code is ErrorCode.INVALID_ROOM
+
+
+def test_parse_keeps_the_ref_of_a_chat() -> None:
+    msg = parse(dumps({"type": "chat", "room": "r", "data": [1], "ref": "k1"}), joined={"r"})
+    assert msg == ClientMessage(type=MessageType.CHAT, room="r", data=[1], ref="k1")
+
+
 # -- parse: errors ----------------------------------------------------------------------
 
 
@@ -282,6 +302,28 @@ def test_timestamp_changes_between_milliseconds() -> None:
     assert factory.timestamp(KNOWN_EPOCH) == first
     assert factory.timestamp(1768473061.123) == "2026-01-15T10:31:01.123Z"
     assert factory.timestamp(1768473061.1239) == "2026-01-15T10:31:01.123Z"  # truncated
+
+
+def test_timestamp_follows_the_clock_across_seconds_both_ways() -> None:
+    # The second's part is formatted once per second and the milliseconds added;
+    # a clock that steps back (NTP) gets the earlier second again.
+    factory = make_factory()
+    assert factory.timestamp(1768473000.999) == "2026-01-15T10:30:00.999Z"
+    assert factory.timestamp(1768473001.0) == "2026-01-15T10:30:01.000Z"
+    assert factory.timestamp(1768473001.001) == "2026-01-15T10:30:01.001Z"
+    assert factory.timestamp(1768473000.5) == "2026-01-15T10:30:00.500Z"
+    assert factory.timestamp(1768473060.0) == "2026-01-15T10:31:00.000Z"
+    assert factory.timestamp(-0.001) == "1969-12-31T23:59:59.999Z"
+
+
+def test_make_keeps_the_ref() -> None:
+    msg = make_factory().make(MessageType.CHAT, room="r", data=1, sender="u", ref="k1")
+    assert msg.ref == "k1"
+    assert msg == Message(
+        type=MessageType.CHAT, room="r", data=1, id="id-1", from_="u", timestamp=KNOWN_STAMP
+    )
+    assert msg.offset is None
+    assert msg.degraded is None
 
 
 def test_stamp_sets_server_fields() -> None:
@@ -493,6 +535,30 @@ def test_encoded_frame(size: int, header: int) -> None:
     assert body == payload
     assert encoded.frame is frame
     assert len(encoded) == size
+
+
+@pytest.mark.parametrize("size", [0, 100, 125, 126, 127, 1023, 1024, 65535, 65536, 70000])
+def test_encoded_of_builds_the_frame_encoded_builds(size: int) -> None:
+    # Encoded.of takes a shortcut to the frame; it must be the same frame.
+    factory = make_factory()
+    base = len(encode(factory.make(MessageType.NOTIFICATION, data="")))
+    message = factory.make(MessageType.NOTIFICATION, data="x" * max(0, size - base))
+    payload = encode(message)
+    encoded = Encoded.of(message)
+    assert encoded.frame == Encoded(payload).frame
+    assert encoded.payload == payload
+    assert len(encoded) == len(payload)
+    assert encoded.message is message
+    assert read_frame(encoded.frame)[3] == payload
+
+
+def test_encoded_of_an_unencodable_message_raises_invalid_message() -> None:
+    message = make_factory().make(MessageType.CHAT, room="r", data={"x": {1, 2}})
+    message.ref = "k9"
+    with pytest.raises(ProtocolError) as info:
+        Encoded.of(message)
+    assert info.value.code is ErrorCode.INVALID_MESSAGE
+    assert info.value.ref == "k9"
 
 
 def test_encoded_of_message() -> None:
