@@ -25,12 +25,13 @@ import pytest
 from redis.asyncio import Redis
 
 from roomcast.brokers.redis import RedisBroker
+from roomcast.brokers.redis.connect import RedisTarget
 from roomcast.brokers.redis.control import MAX_COMMAND_BYTES
 from roomcast.protocol import Message, MessageType
 from tests.control_support import Connect, Pod, alive, close_of, connect, serving
 from tests.redis_support import RedisServer
 from tests.redis_tools import unique_prefix
-from tests.support import MS, assert_silent, eventually, fresh_room, recv_until, until
+from tests.support import MS, assert_silent, eventually, free_port, fresh_room, recv_until, until
 
 
 @contextlib.asynccontextmanager
@@ -325,6 +326,11 @@ async def test_a_pod_whose_subscriber_is_down_answers_its_own_command(
             async with pods(redis_server.url, 1, prefix=prefix) as (b,):
                 on_a, _ = await connect(client, a, "alice")
                 on_b, _ = await connect(client, b, "alice")
+                # Its subscriber stays down (it reconnects to a closed port), so the
+                # command is answered by a alone, not raced by a reconnect.
+                a.hub.broker._subscriber._target = RedisTarget.parse(
+                    f"redis://127.0.0.1:{free_port()}/0"
+                )
                 await admin.client_kill_filter(_id=subscriber["id"])
                 await until(lambda: not a.hub.broker.ready)
                 outcome = await a.hub.control.disconnect(user_id="alice")
