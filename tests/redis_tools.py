@@ -105,7 +105,9 @@ class RedisProxy:
     - :meth:`delay_subscribers`: what Redis sends on subscriber links arrives
       ``seconds`` late, in order (a slow path for pub/sub only);
     - :meth:`stall_subscribers`: stop reading what Redis sends on subscriber
-      links, so it piles up in Redis's output buffer, until :meth:`resume`.
+      links, so it piles up in Redis's output buffer, until :meth:`resume`;
+    - :meth:`throttle_subscribers`: pass on what Redis sends on subscriber
+      links at most so many bytes a second (alive, but falling behind).
 
     New connections are proxied normally unless a delay or stall is in force.
     :meth:`stop` closes everything and joins the thread.
@@ -116,6 +118,7 @@ class RedisProxy:
         self.port = 0
         self.links: list[_Link] = []
         self.delay = 0.0
+        self.rate = 0  # bytes/s on subscriber links; 0: as fast as they come
         self._running = asyncio.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -164,6 +167,14 @@ class RedisProxy:
             self.delay = seconds
 
         self._run(delay())
+
+    def throttle_subscribers(self, bytes_per_second: int) -> None:
+        """Pass on at most ``bytes_per_second`` of what Redis sends on subscriber links."""
+
+        async def throttle() -> None:
+            self.rate = bytes_per_second
+
+        self._run(throttle())
 
     def stall_subscribers(self) -> None:
         """Stop reading from Redis on subscriber links (until :meth:`resume`)."""
@@ -233,6 +244,13 @@ class RedisProxy:
                     link.dropped += len(data)
                 elif link.subscriber and (self.delay or not late.empty()):
                     late.put_nowait((loop.time() + self.delay, data))
+                elif link.subscriber and self.rate:
+                    # Slices every 20 ms; meanwhile Redis's output buffer holds the rest.
+                    step = max(1, self.rate // 50)
+                    for start in range(0, len(data), step):
+                        writer.write(data[start : start + step])
+                        await writer.drain()
+                        await asyncio.sleep(0.02)
                 else:
                     writer.write(data)
                     await writer.drain()

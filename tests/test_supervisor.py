@@ -253,8 +253,9 @@ async def test_the_redis_health_loop_comes_back(
     broker = broker_of(redis_pod)
     fail_once(broker._client, "publish", monkeypatch)  # the health loop's probe
     await recovered(redis_pod, "redis-health")
-    seen = broker._subscriber.last_probe_seen
-    await eventually(_true(lambda: broker._subscriber.last_probe_seen > seen), WAIT)  # probes again
+    hearing = broker._subscriber.hearing
+    seen = hearing.last_probe_seen
+    await eventually(_true(lambda: hearing.last_probe_seen > seen), WAIT)  # probes again
 
 
 async def test_the_redis_presence_loop_comes_back(

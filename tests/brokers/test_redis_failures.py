@@ -16,12 +16,13 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.brokers.pods import Inbox, Serve, metric, readyz, start_pods, wait_all_ready
 from tests.redis_support import RedisServer
 from tests.redis_tools import RedisProxy, unique_prefix
-from tests.support import MS, api, eventually, fresh_room
+from tests.support import MS, api, eventually, fresh_room, until
 
 
 @pytest.fixture
@@ -263,3 +264,36 @@ async def test_deaf_subscriber_is_detected_and_replaced(
     await wait_all_ready([deaf], 200, 3000 * MS)
     assert listener.errors() == []
     assert not listener.closed
+
+
+async def test_a_subscriber_behind_a_backlog_is_kept_and_loses_nothing(
+    serve: Serve,
+    redis_server: RedisServer,
+    proxy: RedisProxy,
+    inbox: Callable[..., Awaitable[Inbox]],
+) -> None:
+    # A pod that still reads, but far behind (a slow link here; a pod starved of
+    # CPU alike), is not deaf: replacing its connection would throw the backlog
+    # away, and messages to everyone are not retained.
+    slow, fast = start_pods(serve, proxy.url, redis_server.url)
+    await wait_all_ready([slow, fast], 200, 3000 * MS)
+    listener = await inbox(slow, fresh_room())  # welcomed, its room subscribed
+
+    proxy.throttle_subscribers(20_000)  # bytes a second
+    count, padding = 300, "x" * 300  # ~120 KB through Redis: 6 s behind at that rate
+    async with httpx.AsyncClient(base_url=fast.http, timeout=5.0) as http:
+        for n in range(count):  # one after the other: one order
+            body = {"type": "notification", "data": {"n": n, "pad": padding}}
+            assert (await http.post("/api/publish", json=body)).status_code == 200
+    published = time.monotonic()
+
+    def received() -> list[int]:
+        return [m["data"]["n"] for m in listener.messages if m["type"] == "notification"]
+
+    await until(lambda: len(received()) >= count, 20000 * MS)
+    # The backlog outlived three health intervals (1 s each): probes were that late.
+    assert time.monotonic() - published > 3.5
+    assert received() == list(range(count))  # every one, in order, once
+    assert await metric(slow, "realtime_redis_reconnects_total") == 0
+    assert not any("deaf" in line for line in slow.output().splitlines())
+    assert listener.errors() == []

@@ -59,7 +59,6 @@ import functools
 import logging
 import math
 import secrets
-import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -107,7 +106,8 @@ class RedisBroker:
             has not come back after three intervals replaces the subscriber.
         command_timeout: seconds to wait for a command's reply; a publication
             whose reply does not come in time is in doubt (retried, never
-            delivered locally).
+            delivered locally). Also how long a command waits for a free
+            connection when all of its pool's are busy (:data:`.connect.POOL_SIZE`).
         node_id: this pod's id (random by default), used for its own channel.
     """
 
@@ -143,6 +143,7 @@ class RedisBroker:
             self._slots,
             socket_connect_timeout=2.0,
             socket_timeout=command_timeout,
+            pool_timeout=command_timeout,
             retry=Retry(EqualJitterBackoff(cap=0.2, base=0.02), 1),
             health_check_interval=10,
         )
@@ -152,6 +153,7 @@ class RedisBroker:
             self._slots,
             socket_connect_timeout=2.0,
             socket_timeout=command_timeout,
+            pool_timeout=command_timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=10,
         )
@@ -262,7 +264,7 @@ class RedisBroker:
             self._writer.commands_ok = True
         except (RedisError, OSError, BrokerUnavailable) as exc:
             _log.warning("Redis unreachable at start; will keep trying", extra={"error": str(exc)})
-        self._subscriber.last_probe_seen = time.monotonic()
+        self._subscriber.hearing.connected()
         loops = self._loops
         loops.start("redis-writer", self._writer.run, recover=self._writer.recover)
         loops.start("redis-subscriber", self._subscriber.run, recover=self._subscriber.recover)
@@ -352,14 +354,20 @@ class RedisBroker:
         # Prove end-to-end delivery: probes published on our own channel(s) must come
         # back through the subscriber; a connection they stop coming back on is
         # replaced. On a cluster, a slot map marked stale is read again here.
+        # A check that runs late (the loop itself held up) says so: it is not
+        # evidence of a deaf connection (:mod:`.hearing`).
         slots = self._slots
+        loop = asyncio.get_running_loop()
+        interval = self.health_interval
         while True:
-            await asyncio.sleep(self.health_interval)
+            slept = loop.time()
+            await asyncio.sleep(interval)
+            late = loop.time() - slept - interval
             if slots is not None and slots.stale:
                 with contextlib.suppress(BrokerUnavailable):
                     await slots.refresh()
             try:
-                await self._subscriber.probe(self._routing, self.health_interval)
+                await self._subscriber.probe(self._routing, interval, late=late)
                 self._writer.commands_ok = True
             except (RedisError, OSError, BrokerUnavailable):
                 self._writer.commands_ok = False

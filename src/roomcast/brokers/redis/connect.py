@@ -19,6 +19,9 @@
 The broker's connections are long-lived and few (a command pool, a writer, a
 subscriber per pod): a failover closes them, the broker reconnects and its feed
 repairs what was published meanwhile (docs/topics/scaling.md, "Failover").
+Each pool is bounded (:data:`POOL_SIZE` connections per server or cluster
+master): a command that finds every connection busy waits for one, up to the
+pool's timeout, rather than failing at once as redis-py's default pool does.
 """
 
 from __future__ import annotations
@@ -28,15 +31,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from roomcast.brokers.redis.routing import Routing, SlotMap
 from roomcast.errors import ConfigError
 
-__all__ = ["CLUSTER_SCHEMES", "SENTINEL_SCHEMES", "RedisTarget", "shown_url"]
+__all__ = ["CLUSTER_SCHEMES", "POOL_SIZE", "SENTINEL_SCHEMES", "RedisTarget", "shown_url"]
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 """URL schemes naming a master through Sentinel."""
@@ -46,6 +50,17 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
 _SENTINEL_TIMEOUT = 1.0
 """Seconds to wait for one Sentinel (connecting or answering) before asking the next."""
+
+POOL_SIZE = 100
+"""Connections in one command pool, per Redis server (or cluster master)."""
+
+POOL_TIMEOUT = 5.0
+"""Seconds a command waits for a free pooled connection, unless told otherwise."""
+
+
+class _SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
+    # The master's connections as Sentinel finds them, bounded as every pool is.
+    pass
 
 
 def shown_url(url: str) -> str:
@@ -147,9 +162,30 @@ class RedisTarget:
         """Whether the URL names a Redis Cluster."""
         return bool(self.cluster_nodes)
 
-    def node_client(self, node: tuple[str, int], **options: Any) -> Redis:
-        """A new client for cluster node ``node`` (the URL's user, password and TLS)."""
-        return Redis(host=node[0], port=node[1], **self._options, **options)
+    def node_client(
+        self,
+        node: tuple[str, int],
+        *,
+        pool_size: int = POOL_SIZE,
+        pool_timeout: float = POOL_TIMEOUT,
+        **options: Any,
+    ) -> Redis:
+        """A new client for cluster node ``node`` (the URL's user, password and TLS).
+
+        Its pool holds up to ``pool_size`` connections; a command waits up to
+        ``pool_timeout`` seconds for one (then ``ConnectionError``).
+        """
+        _check_pool(pool_size)
+        kwargs = {**self._options, **options}
+        pool = BlockingConnectionPool(
+            host=node[0],
+            port=node[1],
+            max_connections=pool_size,
+            timeout=pool_timeout,
+            connection_class=SSLConnection if kwargs.pop("ssl", False) else Connection,
+            **kwargs,
+        )
+        return Redis.from_pool(pool)
 
     def slot_map(self) -> SlotMap:
         """A new slot map of the cluster (read it with :meth:`SlotMap.refresh`)."""
@@ -170,15 +206,24 @@ class RedisTarget:
             connect=lambda node: self.node_client(node, **options),
         )
 
-    def client(self, **options: Any) -> Redis:
+    def client(
+        self, *, pool_size: int = POOL_SIZE, pool_timeout: float = POOL_TIMEOUT, **options: Any
+    ) -> Redis:
         """A new client (with its own pool) for the target; ``options`` as ``Redis`` takes them.
 
-        Not for a cluster: see :meth:`node_client` and :mod:`.routing`.
+        Its pool holds up to ``pool_size`` connections; a command waits up to
+        ``pool_timeout`` seconds for one (then ``ConnectionError``). Not for a
+        cluster: see :meth:`node_client` and :mod:`.routing`.
         """
         if self.cluster:
             raise ConfigError("a Redis Cluster has no single client: route by key")
+        _check_pool(pool_size)
         if not self.sentinels:
-            return Redis.from_url(self.url, **options)
+            return Redis.from_pool(
+                BlockingConnectionPool.from_url(
+                    self.url, max_connections=pool_size, timeout=pool_timeout, **options
+                )
+            )
         if not self._managers:  # one set of Sentinel connections for every client
             self._managers.append(
                 Sentinel(
@@ -192,7 +237,14 @@ class RedisTarget:
             )
         manager = self._managers[0]
         client: Redis = manager.master_for(
-            self.master_name, db=self.db, check_connection=True, **self._options, **options
+            self.master_name,
+            connection_pool_class=_SentinelBlockingPool,
+            db=self.db,
+            check_connection=True,
+            max_connections=pool_size,
+            timeout=pool_timeout,
+            **self._options,
+            **options,
         )
         return client
 
@@ -216,6 +268,12 @@ def _addresses(hosts: str, shown: str, *, default_port: int) -> tuple[tuple[str,
         except ValueError:
             raise ConfigError(f"bad address {item!r} in {shown}") from None
     return tuple(out)
+
+
+def _check_pool(size: int) -> None:
+    # redis-py takes 0 as "the default", not as "none".
+    if size < 1:
+        raise ConfigError(f"a Redis connection pool holds at least 1 connection: got {size}")
 
 
 def _sharded_pubsub() -> bool:

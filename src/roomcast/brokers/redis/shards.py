@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Iterable
 
 from redis.asyncio.client import PubSub
@@ -40,6 +39,7 @@ from redis.exceptions import RedisError
 from roomcast.brokers.base import BrokerHandler
 from roomcast.brokers.redis.connect import RedisTarget
 from roomcast.brokers.redis.feed import Feed
+from roomcast.brokers.redis.hearing import Hearing
 from roomcast.brokers.redis.keys import Keys
 from roomcast.brokers.redis.repair import Repairer
 from roomcast.brokers.redis.routing import Node, Routing, SlotMap
@@ -59,7 +59,7 @@ class _Link:
 
     __slots__ = (
         "channels",
-        "last_probe_seen",
+        "hearing",
         "leaving",
         "node",
         "probe",
@@ -79,7 +79,7 @@ class _Link:
         self.leaving: set[bytes] = set()
         """Channels this pod unsubscribed, whose ``sunsubscribe`` is still to come."""
         self.up = False
-        self.last_probe_seen = 0.0
+        self.hearing = Hearing()
         self.replace = asyncio.Event()
         self.retired = False
         self.task: asyncio.Task[None] | None = None
@@ -278,7 +278,7 @@ class ShardedSubscriber(Subscriber):
                 link.channels, link.leaving = set(channels), set()
                 await _by_slot(pubsub.ssubscribe, {link.probe, *channels})
                 link.pubsub, link.up = pubsub, True
-                link.last_probe_seen = time.monotonic()
+                link.hearing.connected()
                 link.replace.clear()
                 self._update_ok()
                 if attempt:
@@ -312,15 +312,17 @@ class ShardedSubscriber(Subscriber):
 
     async def _read_link(self, link: _Link, pubsub: PubSub) -> None:
         deliver = self._deliver
+        hearing = link.hearing
         while not link.replace.is_set() and not link.retired:
             item = await pubsub.get_message(timeout=0.5)
             if item is None:
                 continue
+            hearing.reads += 1
             kind = item.get("type")
             channel = item["channel"]
             if kind == "smessage":
                 if channel == link.probe:
-                    link.last_probe_seen = time.monotonic()
+                    hearing.probe_seen()
                 else:
                     deliver(channel, item["data"])
             elif kind == "ssubscribe":
@@ -339,15 +341,17 @@ class ShardedSubscriber(Subscriber):
 
     # -- health -----------------------------------------------------------------------------------
 
-    async def probe(self, routing: Routing, interval: float) -> None:
+    async def probe(self, routing: Routing, interval: float, *, late: float = 0.0) -> None:
         """Publish a probe through each link's master; replace a link that went deaf.
+
+        Deaf as :class:`~roomcast.brokers.redis.hearing.Hearing` judges it: a
+        link that reads but is behind is kept.
 
         Raises:
             RedisError, OSError: a probe could not be published.
         """
         if self._slots.stale:
             self._plan_now.set()
-        now = time.monotonic()
         failure: BaseException | None = None
         for link in list(self._links.values()):
             if not link.up:
@@ -359,8 +363,8 @@ class ShardedSubscriber(Subscriber):
                 routing.note(exc)
                 failure = exc
                 continue
-            silent = now - link.last_probe_seen
-            if silent > 3 * interval:
+            silent = link.hearing.deaf(interval, late=late)
+            if silent is not None:
                 _log.warning(
                     "Redis Cluster subscriber is deaf (probes not coming back); replacing it",
                     extra={"node": f"{link.node[0]}:{link.node[1]}", "silent_s": round(silent, 1)},

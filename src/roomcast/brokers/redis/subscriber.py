@@ -12,7 +12,7 @@ What arrives is routed:
   wakes the :class:`~roomcast.brokers.redis.repair.Repairer`);
 - a message to everyone goes to the handler as it is;
 - on the pod's own channel, a health probe proves delivery end to end
-  (:attr:`Subscriber.last_probe_seen`) and a *barrier* published by a history
+  (:attr:`Subscriber.hearing`, :mod:`.hearing`) and a *barrier* published by a history
   read tells that read that everything before it has been handed over;
 - on the control channel (always subscribed), a control command goes to the
   broker's :class:`~roomcast.brokers.redis.control.RedisControl`.
@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable
 
 import orjson
@@ -36,6 +35,7 @@ from redis.exceptions import RedisError
 from roomcast.brokers.base import BrokerHandler
 from roomcast.brokers.redis.connect import RedisTarget
 from roomcast.brokers.redis.feed import Feed
+from roomcast.brokers.redis.hearing import Hearing
 from roomcast.brokers.redis.keys import Keys
 from roomcast.brokers.redis.repair import Repairer
 from roomcast.brokers.redis.routing import Routing
@@ -87,8 +87,8 @@ class Subscriber:
         """Rooms subscribed to (or to be, once connected)."""
         self.ok = False
         """Whether the connection is up and subscribed (False while reconnecting)."""
-        self.last_probe_seen = 0.0
-        """When a health probe last came back, or the connection was made (monotonic)."""
+        self.hearing = Hearing()
+        """What the connection heard: probes back, anything read (deaf or behind)."""
         self.barriers: dict[bytes, asyncio.Future[bool]] = {}
         """Barriers in flight on the pod's own channel: each future is set True when
         the barrier comes back, False if the connection it was published for goes."""
@@ -205,7 +205,7 @@ class Subscriber:
                         await pubsub.unsubscribe(*(keys.room_channel(r) for r in removed))
                 self._pubsub = pubsub
                 self.ok = True
-                self.last_probe_seen = time.monotonic()
+                self.hearing.connected()
                 if attempt:
                     _log.warning("Redis subscriber reconnected", extra={"rooms": len(self.rooms)})
                     if self._handler is not None:
@@ -230,10 +230,12 @@ class Subscriber:
 
     async def _read(self, pubsub: PubSub) -> None:
         deliver = self._deliver
+        hearing = self.hearing
         while not self._reconnect.is_set():
             item = await pubsub.get_message(timeout=0.5)
             if item is None:
                 continue
+            hearing.reads += 1
             if item.get("type") != "message":
                 if item.get("type") == "subscribe":
                     self._confirm(item["channel"])
@@ -293,19 +295,21 @@ class Subscriber:
             handler.handle_duplicates(feed.duplicates)
             feed.duplicates = 0
 
-    async def probe(self, routing: Routing, interval: float) -> None:
+    async def probe(self, routing: Routing, interval: float, *, late: float = 0.0) -> None:
         """Publish a health probe on the pod's own channel; replace a deaf connection.
 
-        A connection that is up but has not seen a probe come back for three
-        intervals is deaf (Redis stopped sending to it): it is replaced.
+        A connection that is up, has not seen a probe come back for three
+        intervals and reads nothing is deaf (Redis stopped sending to it): it is
+        replaced. One that still reads is behind, and kept (:mod:`.hearing`).
+        ``late``: seconds this check runs after its time.
 
         Raises:
             RedisError, OSError: the probe could not be published.
         """
         channel = self._keys.health_channel
         await routing.client_for(channel).publish(channel, b"probe")
-        silent = time.monotonic() - self.last_probe_seen
-        if self.ok and silent > 3 * interval:
+        silent = self.hearing.deaf(interval, late=late) if self.ok else None
+        if silent is not None:
             _log.warning(
                 "Redis subscriber is deaf (health probes not coming back); replacing it",
                 extra={"silent_s": round(silent, 1)},
@@ -318,4 +322,4 @@ class Subscriber:
             if waiter is not None and not waiter.done():
                 waiter.set_result(True)
             return
-        self.last_probe_seen = time.monotonic()
+        self.hearing.probe_seen()
