@@ -2,9 +2,9 @@
 
 :class:`ControlledBroker` is :class:`~roomcast.brokers.memory.MemoryBroker`
 (not a mock: publications, history and presence are the real ones) that records
-its subscribe and unsubscribe calls, and lets subscribes and history reads
-through only while their event is set; ``failing_reads`` makes reads raise
-:class:`~roomcast.errors.BrokerUnavailable`.
+its subscribe and unsubscribe calls, and lets subscribes, history reads and
+presence additions through only while their event is set; ``failing_reads``
+makes reads raise :class:`~roomcast.errors.BrokerUnavailable`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,22 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from roomcast.brokers.base import HistoryPage
-from roomcast.brokers.memory import MemoryBroker
+from roomcast.brokers.base import HistoryPage, PresenceChange
+from roomcast.brokers.memory import MemoryBroker, MemoryPresence
 from roomcast.errors import BrokerUnavailable
+
+
+class _HeldPresence(MemoryPresence):
+    """Presence whose additions wait for ``adds`` to be set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adds = asyncio.Event()
+        self.adds.set()
+
+    async def add(self, *args: Any, **kwargs: Any) -> PresenceChange:
+        await self.adds.wait()
+        return await super().add(*args, **kwargs)
 
 
 class ControlledBroker(MemoryBroker):
@@ -31,6 +44,9 @@ class ControlledBroker(MemoryBroker):
         self.reads = asyncio.Event()  # set: history reads go through
         self.reads.set()
         self.failing_reads = False
+        self.held_presence = _HeldPresence()
+        self.presence = self.held_presence
+        self.presence_adds = self.held_presence.adds  # set: presence additions go through
 
     async def subscribe(self, room: str) -> None:
         self.subscribed.append(room)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 
 from roomcast.app import Hub
-from roomcast.core.admission import Admission
+from roomcast.core.admission import Admission, Refusal
+from roomcast.core.auth import ConnectRequest
 from roomcast.core.endpoint import HandlerConfig
 from roomcast.core.subscriptions import Subscriptions
 from tests.core.controlled_broker import ControlledBroker
@@ -140,3 +141,42 @@ async def test_a_connection_gone_while_joining_releases_the_room() -> None:
         assert hub.attaching == 0
         assert not welcomed(conn)
         assert hub.connection_count == 0
+
+
+async def test_a_connection_counts_once_against_capacity_while_its_presence_is_written() -> None:
+    # Welcomed (so registered) but still joining: its presence write is held. It
+    # once counted twice, and a pod at exactly its share refused connections.
+    broker = ControlledBroker()
+    async with Hub(broker=broker, max_connections=3) as hub:
+        broker.presence_adds.clear()
+        first = connect(hub, "r", "a")
+        await until(lambda: welcomed(first))
+        assert hub.attaching == 1  # the join is not over: presence is being written
+        assert hub.occupied == 1
+        second = connect(hub, "r", "b")
+        await until(lambda: welcomed(second))
+        assert hub.occupied == 2
+        assert isinstance(hub.admit(ConnectRequest(route="/r"), HandlerConfig()), Admission)
+        third = connect(hub, "r", "c")
+        await until(lambda: welcomed(third))
+        full = hub.admit(ConnectRequest(route="/r"), HandlerConfig())
+        assert isinstance(full, Refusal) and full.status == 503
+        broker.presence_adds.set()
+        await until(lambda: hub.attaching == 0)
+        assert hub.occupied == hub.connection_count == 3
+
+
+async def test_a_connection_gone_before_its_welcome_frees_its_place() -> None:
+    broker = ControlledBroker()
+    async with Hub(broker=broker, max_connections=1) as hub:
+        broker.subscribes.clear()
+        conn = connect(hub, "r", "a")
+        await until(lambda: broker.subscribed == ["r"])
+        assert hub.occupied == 1 and hub.connection_count == 0  # expected, not registered
+        refused = hub.admit(ConnectRequest(route="/r"), HandlerConfig())
+        assert isinstance(refused, Refusal) and refused.status == 503
+        conn.close()
+        broker.subscribes.set()
+        await until(lambda: hub.attaching == 0)
+        assert hub.occupied == 0
+        assert isinstance(hub.admit(ConnectRequest(route="/r"), HandlerConfig()), Admission)

@@ -140,7 +140,7 @@ class Gate:
         hub = self._hub
         if hub.draining or not hub.started:
             return Refusal(503, "server shutting down")
-        if hub.connection_count + hub.attaching + self.handshakes >= hub.max_connections:
+        if hub.occupied + self.handshakes >= hub.max_connections:
             return Refusal(503, "server at capacity")
         limiter = self._limiter
         if (

@@ -471,8 +471,14 @@ class Engine(BrokerCallbacks):
 
     @property
     def attaching(self) -> int:
-        """Connections accepted whose welcome is not sent yet."""
+        """Connections accepted that are still joining the room they connected for."""
         return len(self._attaching)
+
+    @property
+    def occupied(self) -> int:
+        """Connections counted against ``max_connections``, once each: those
+        registered and those accepted whose welcome is not sent yet."""
+        return self.registry.occupied
 
 
 async def _as_coroutine(aw: Awaitable[Any]) -> Any:

@@ -23,19 +23,39 @@ __all__ = ["Registry"]
 class Registry:
     """Connections of this pod and their rooms."""
 
-    __slots__ = ("connections", "rooms")
+    __slots__ = ("connections", "expected", "rooms")
 
     def __init__(self) -> None:
         self.connections: dict[str, Connection] = {}
         self.rooms: dict[str, dict[Connection, None]] = {}
         """Room name -> its local members (the keys; do not mutate)."""
+        self.expected: set[Connection] = set()
+        """Connections attached but not registered yet (their welcome waits on a join)."""
 
     def __len__(self) -> int:
         return len(self.connections)
 
+    @property
+    def occupied(self) -> int:
+        """Connections counted against the pod's capacity: registered or expected.
+
+        Each counts once, whatever it is doing: a connection leaves
+        :attr:`expected` as it is registered.
+        """
+        return len(self.connections) + len(self.expected)
+
+    def expect(self, conn: Connection) -> None:
+        """Count ``conn`` before it is registered; :meth:`add` or :meth:`forget` ends it."""
+        self.expected.add(conn)
+
+    def forget(self, conn: Connection) -> None:
+        """Stop expecting ``conn`` (it was registered, or will not be). Idempotent."""
+        self.expected.discard(conn)
+
     def add(self, conn: Connection) -> None:
         """Register a new connection."""
         self.connections[conn.id] = conn
+        self.expected.discard(conn)
 
     def remove(self, conn: Connection) -> list[tuple[str, bool]]:
         """Forget ``conn`` and its memberships (``conn.rooms`` is left untouched).
@@ -45,6 +65,7 @@ class Registry:
             local member is left there.
         """
         self.connections.pop(conn.id, None)
+        self.expected.discard(conn)
         left = []
         for room in conn.rooms:  # conn.rooms stays as it was, for on_disconnect
             members = self.rooms.get(room)

@@ -56,11 +56,12 @@ class Sessions:
         recovery: holds publications for a connection attached with a room.
     """
 
-    __slots__ = ("_gate", "_hub", "_membership", "_recovery", "_statuses")
+    __slots__ = ("_gate", "_hub", "_membership", "_recovery", "_registry", "_statuses")
 
     def __init__(self, hub: Engine, *, membership: Membership, recovery: Recovery) -> None:
         self._hub = hub
         self._gate = hub.gate
+        self._registry = hub.registry
         self._statuses = hub.statuses
         self._membership = membership
         self._recovery = recovery
@@ -77,6 +78,7 @@ class Sessions:
             conn.run_async(self._connected(conn))
             return
         buffer = self._recovery.attach(conn)
+        self._registry.expect(conn)  # counted once until registered with its welcome
         conn.run_async(self._connected(conn, admission.room, admission.last_id, buffer))
 
     async def _connected(
@@ -97,6 +99,7 @@ class Sessions:
                 await membership.join(conn, room, last_id=last_id, buffer=buffer)
             finally:
                 self._recovery.attached(conn)
+                self._registry.forget(conn)
             if conn.closed:
                 return
         identity = conn.identity
@@ -122,6 +125,7 @@ class Sessions:
         conn.pending = None
         self._statuses.forget(conn)
         self._gate.release(conn)
+        self._registry.forget(conn)  # if it went before it was registered
         left = self._membership.remove(conn)
         if left is None:
             return
