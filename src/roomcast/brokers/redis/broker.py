@@ -102,8 +102,10 @@ class RedisBroker:
             ``maxmemory`` bounds all rooms together (docs/topics/scaling.md).
         presence_ttl: seconds after which the connections of a pod that stopped
             refreshing them are forgotten (and their users go offline).
-        health_interval: seconds between subscriber health probes; a probe that
-            has not come back after three intervals replaces the subscriber.
+        health_interval: seconds between subscriber health probes; when none has
+            come back for three intervals and the subscriber reads nothing at
+            all, it is deaf and replaced (one still reading is only behind:
+            :mod:`.hearing`).
         command_timeout: seconds to wait for a command's reply; a publication
             whose reply does not come in time is in doubt (retried, never
             delivered locally). Also how long a command waits for a free
