@@ -159,7 +159,9 @@ class RedisBroker:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=10,
         )
-        self._presence = RedisPresence(self._routing, prefix=prefix, ttl=presence_ttl)
+        self._presence = RedisPresence(
+            self._routing, prefix=prefix, ttl=presence_ttl, node_id=self.node_id
+        )
         # Typed as the Broker protocol says, so that ``Hub(broker=RedisBroker(...))``
         # type-checks (a protocol attribute is invariant: RedisPresence would not do).
         self.presence: PresenceStore = self._presence
@@ -282,6 +284,9 @@ class RedisBroker:
         self._handler = None
         await self._control.close()
         await self._loops.close()
+        # Another pod reaps presence from its next heartbeat on, not after the turn lapses.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._presence.release(), 1.0)
         # Nobody waits forever on what is left.
         self._writer.abandon()
         self._subscriber.fail_barriers()
@@ -377,7 +382,7 @@ class RedisBroker:
             self._writer.retry_in_doubt()
 
     async def _presence_loop(self) -> None:
-        period = max(0.2, self._presence.ttl / 3)
+        period = self._presence.period
         while True:
             await asyncio.sleep(period)
             try:

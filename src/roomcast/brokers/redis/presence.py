@@ -7,14 +7,20 @@ Per room (keys share the hash tag ``{room}``):
 - ``{prefix}:presence:{room}:users`` — hash: user id → connections, cluster-wide
 - ``{prefix}:presence:{room}:status`` / ``:info`` — hash: user id → status / info JSON
 
-plus ``{prefix}:presence:rooms``, the set of rooms with presence.
+plus ``{prefix}:presence:rooms``, the set of rooms with presence, and
+``{prefix}:presence:reaper``, the pod whose turn it is to reap.
 
-Each pod refreshes the expiry of its own connections every ``ttl / 3`` seconds
-and reaps expired entries of every room. Adding, removing and reaping are Lua
-scripts, so "first connection anywhere" and "last connection anywhere" are
-decided once, atomically, for the whole cluster: the online and offline events of
-a user fire once, whichever pods its connections are on, and the users of a pod
-that died go offline within ``ttl`` (reported by whichever pod reaps them).
+Each pod refreshes the expiry of its own connections every :attr:`period`
+(``ttl / 3``) seconds. One pod at a time reaps the expired entries of every
+room: the one holding the reaper key, which it keeps by renewing it at each of
+its heartbeats (it lapses after two periods without one, and the next pod to
+heartbeat takes the turn; a pod that closes gives it up). The cluster's reaping
+costs one script per room per period, however many pods there are, instead of
+one per room per pod. Adding, removing and reaping are Lua scripts, so "first
+connection anywhere" and "last connection anywhere" are decided once,
+atomically, for the whole cluster: the online and offline events of a user fire
+once, whichever pods its connections are on, and the users of a pod that died
+go offline within about ``ttl`` plus a period (reported by the pod that reaps).
 
 While Redis is unreachable, answers come from this pod's own connections, and
 the next heartbeat after recovery restores this pod's entries.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +46,8 @@ from roomcast.brokers.redis.scripts import (
     PRESENCE_REAP,
     PRESENCE_REMOVE,
     PRESENCE_STATUS,
+    REAPER_RELEASE,
+    REAPER_TURN,
 )
 from roomcast.errors import BrokerUnavailable
 from roomcast.protocol import PresenceStatus
@@ -59,6 +68,7 @@ class RedisPresence:
             forgotten.
         clock: wall-clock seconds (entries expire by Redis server time agreement
             between pods, so pods' clocks should be NTP-synchronised).
+        node_id: this pod's id, held in the reaper key during its turn.
     """
 
     def __init__(
@@ -68,14 +78,19 @@ class RedisPresence:
         prefix: str = "realtime",
         ttl: float = 30.0,
         clock: Callable[[], float] = time.time,
+        node_id: str | None = None,
     ) -> None:
         if not isinstance(routing, Routing):
             routing = Routing(routing)
         self._routing = routing
         self._prefix = prefix
         self.ttl = ttl
+        self.period = max(0.2, ttl / 3)
+        """Seconds between heartbeats."""
         self._clock = clock
+        self._node_id = node_id or secrets.token_hex(4)
         self._rooms_key = f"{prefix}:presence:rooms"
+        self._reaper_key = f"{prefix}:presence:reaper"
         # This pod's own entries: room -> conn id -> (user id, info JSON).
         self._local: dict[str, dict[str, tuple[str, str]]] = {}
         # Entries whose removal failed while Redis was unreachable.
@@ -84,6 +99,8 @@ class RedisPresence:
         self._remove = routing.script(PRESENCE_REMOVE)
         self._reap = routing.script(PRESENCE_REAP)
         self._status = routing.script(PRESENCE_STATUS)
+        self._turn = routing.script(REAPER_TURN)
+        self._release = routing.script(REAPER_RELEASE)
 
     def _keys(self, room: str) -> list[str]:
         base = f"{self._prefix}:presence:{{{room}}}"
@@ -205,7 +222,7 @@ class RedisPresence:
         return names
 
     async def heartbeat(self) -> list[tuple[str, str, bool]]:
-        """Refresh this pod's entries, then reap expired ones of every room.
+        """Refresh this pod's entries, then, on this pod's turn, reap every room's expired ones.
 
         Returns:
             ``(room, user_id, vacated)`` for each user that went offline because
@@ -223,11 +240,14 @@ class RedisPresence:
                 args += [conn_id, user_id, info_json]
             batch.call(self._rooms_key, "SADD", self._rooms_key, room)
             batch.run(self._add, self._keys(room), args)
+        batch.run(self._turn, [self._reaper_key], [self._node_id, int(self.period * 2000)])
         try:
-            await batch.execute()
+            *_, turn = await batch.execute()
         except BaseException:
             self._unremoved |= unremoved
             raise
+        if not int(turn):
+            return []  # another pod reaps this period
         names = [_text(r) for r in await self._room_names()]
         now_ms = int(self._clock() * 1000)
         batch = self._routing.batch()
@@ -239,6 +259,11 @@ class RedisPresence:
             users, vacated = gone[:-1], bool(gone[-1]) if gone else False
             out += [(name, _text(u), vacated and i == len(users) - 1) for i, u in enumerate(users)]
         return out
+
+    async def release(self) -> None:
+        """Give up the reaping turn if this pod holds it (on close), so another takes it now."""
+        with contextlib.suppress(RedisError, OSError, BrokerUnavailable):
+            await self._release([self._reaper_key], [self._node_id])
 
 
 def _text(value: bytes | str) -> str:

@@ -16,6 +16,8 @@ __all__ = [
     "PUBLISH",
     "READ_AFTER",
     "READ_PAGE",
+    "REAPER_RELEASE",
+    "REAPER_TURN",
     "REWIND",
 ]
 
@@ -296,4 +298,25 @@ if old == ARGV[2] then
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
+"""
+
+REAPER_TURN: Final = """
+-- KEYS: the reaper key (string: the pod whose turn it is). ARGV: pod id, ms to hold it.
+-- Returns 1 if it is this pod's turn to reap (taken now, or kept), else 0.
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+REAPER_RELEASE: Final = """
+-- KEYS: the reaper key. ARGV: pod id. Gives the turn up if this pod holds it.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """
