@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from array import array
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -30,6 +31,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     MovedError,
+    NoScriptError,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -233,11 +235,13 @@ class Routing:
 class Script:
     """A Lua script of the broker's, run on the node of its first key (loaded on demand)."""
 
-    __slots__ = ("_routing", "_script", "source")
+    __slots__ = ("_routing", "_script", "sha", "source")
 
     def __init__(self, routing: Routing, source: str) -> None:
         self._routing = routing
         self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        """The script's SHA1, by which Redis runs it once loaded."""
         self._script: AsyncScript | None = None
 
     def _get(self, client: Any) -> AsyncScript:
@@ -256,9 +260,15 @@ class Script:
             self._routing.note(exc)
             raise
 
-    def queue(self, pipe: Any, keys: Sequence[str], args: Sequence[Any]) -> Awaitable[Any]:
-        """Queue it in redis-py pipeline ``pipe`` (loaded before the pipeline runs)."""
-        return self._get(pipe)(keys=list(keys), args=list(args), client=pipe)
+    def queue(self, pipe: Any, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Queue ``EVALSHA`` of it in redis-py pipeline ``pipe``.
+
+        Not redis-py's own pipelined scripts: those ask ``SCRIPT EXISTS`` before
+        every pipeline, a round trip more each time. A reply of ``NOSCRIPT`` (a
+        Redis that restarted or failed over, whose script cache is empty) means
+        it did not run: :class:`Batch` loads it and runs it again.
+        """
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 class Batch:
@@ -294,15 +304,31 @@ class Batch:
             client = routing.client_for(key)
             groups.setdefault(id(client), (client, []))[1].append(index)
 
-        async def send(client: Redis, indexes: list[int]) -> list[Any]:
+        async def pipeline(client: Redis, indexes: list[int]) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
                 for index in indexes:
                     _, script, command = items[index]
                     if script is None:
                         pipe.execute_command(*command)
                     else:
-                        await script.queue(pipe, *command)
-                return list(await pipe.execute(raise_on_error=raise_on_error))
+                        script.queue(pipe, *command)
+                return list(await pipe.execute(raise_on_error=False))
+
+        async def send(client: Redis, indexes: list[int]) -> list[Any]:
+            replies = await pipeline(client, indexes)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:  # not run: load those scripts, run them again (in their order)
+                for script in {items[indexes[i]][1] for i in missing}:
+                    if script is not None:
+                        await client.script_load(script.source)
+                again = await pipeline(client, [indexes[i] for i in missing])
+                for i, reply in zip(missing, again, strict=True):
+                    replies[i] = reply
+            if raise_on_error:
+                for reply in replies:
+                    if isinstance(reply, BaseException):
+                        raise reply
+            return replies
 
         parts = list(groups.values())
         outcomes = await asyncio.gather(
