@@ -64,7 +64,7 @@ async def test_a_closing_reaper_hands_its_turn_over_at_once(redis_url: str) -> N
         room = unique_prefix()
         assert await gone.heartbeat() == []  # it holds the turn now
         await gone.add(room, user_id="dan", conn_id="g1")
-        await gone.release()  # as the broker does on close; its entry stays, as after a kill
+        await gone.close()  # as the broker does on close; its entry stays, as after a kill
         await asyncio.sleep(1100 * MS)  # the entry expires (ttl 1 s)
         reports = await a.heartbeat() + await b.heartbeat()
         assert reports == [(room, "dan", True)]  # a took the turn and reaped, b did not

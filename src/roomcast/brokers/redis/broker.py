@@ -286,7 +286,7 @@ class RedisBroker:
         await self._loops.close()
         # Another pod reaps presence from its next heartbeat on, not after the turn lapses.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._presence.release(), 1.0)
+            await asyncio.wait_for(self._presence.close(), 1.0)
         # Nobody waits forever on what is left.
         self._writer.abandon()
         self._subscriber.fail_barriers()

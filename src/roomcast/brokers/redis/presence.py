@@ -40,7 +40,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from roomcast.brokers.base import PresenceChange, PresenceMember, RoomStats
-from roomcast.brokers.redis.routing import Routing
+from roomcast.brokers.redis.coalesce import Coalescer
+from roomcast.brokers.redis.routing import Batch, Routing
 from roomcast.brokers.redis.scripts import (
     PRESENCE_ADD,
     PRESENCE_REAP,
@@ -101,6 +102,8 @@ class RedisPresence:
         self._status = routing.script(PRESENCE_STATUS)
         self._turn = routing.script(REAPER_TURN)
         self._release = routing.script(REAPER_RELEASE)
+        # Adds and removes of a burst of connections go together (:mod:`.coalesce`).
+        self._writes = Coalescer(routing)
 
     def _keys(self, room: str) -> list[str]:
         base = f"{self._prefix}:presence:{{{room}}}"
@@ -118,13 +121,15 @@ class RedisPresence:
         """Record a connection; true if the user just came online anywhere in the cluster."""
         info_json = orjson.dumps(info).decode() if info is not None else ""
         self._local.setdefault(room, {})[conn_id] = (user_id, info_json)
-        try:
-            batch = self._routing.batch()
+        keys, args = self._keys(room), [*self._expiry_args(), conn_id, user_id, info_json]
+
+        def fill(batch: Batch) -> int:
             batch.call(self._rooms_key, "SADD", self._rooms_key, room)
-            batch.run(
-                self._add, self._keys(room), [*self._expiry_args(), conn_id, user_id, info_json]
-            )
-            _, online = await batch.execute()
+            batch.run(self._add, keys, args)
+            return 2
+
+        try:
+            _, online = _raised(await self._writes.send(fill))
         except (RedisError, OSError, BrokerUnavailable) as exc:
             _log.warning("presence add failed; answering locally", extra={"error": str(exc)})
             return PresenceChange.USER if self._local_users(room, user_id) == 1 else _NONE
@@ -139,8 +144,14 @@ class RedisPresence:
             local.pop(conn_id, None)
             if not local:
                 del self._local[room]
+        keys = self._keys(room)
+
+        def fill(batch: Batch) -> int:
+            batch.run(self._remove, keys, [conn_id])
+            return 1
+
         try:
-            gone = await self._remove(self._keys(room), [conn_id])
+            (gone,) = _raised(await self._writes.send(fill))
         except (RedisError, OSError, BrokerUnavailable) as exc:
             _log.warning("presence remove failed; answering locally", extra={"error": str(exc)})
             # Remove it at the next heartbeat, so it does not linger until reaped
@@ -260,10 +271,19 @@ class RedisPresence:
             out += [(name, _text(u), vacated and i == len(users) - 1) for i, u in enumerate(users)]
         return out
 
-    async def release(self) -> None:
-        """Give up the reaping turn if this pod holds it (on close), so another takes it now."""
+    async def close(self) -> None:
+        """Stop writing (queued writes fail); give up the reaping turn if this pod holds it."""
+        await self._writes.close()
         with contextlib.suppress(RedisError, OSError, BrokerUnavailable):
             await self._release([self._reaper_key], [self._node_id])
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    # A coalesced write's replies; the first that is an error is raised.
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            raise reply
+    return replies
 
 
 def _text(value: bytes | str) -> str:
