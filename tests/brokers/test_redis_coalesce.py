@@ -6,6 +6,8 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from roomcast.brokers.base import PresenceChange
 from roomcast.brokers.redis.coalesce import Coalescer
 from roomcast.brokers.redis.connect import RedisTarget
@@ -102,5 +104,28 @@ async def test_writes_still_queued_at_close_fail_instead_of_waiting(redis_url: s
         )
         assert all(isinstance(o, BrokerUnavailable) for o in outcomes)
         assert await writes.send(fill) == [1]  # none of those ran; usable again afterwards
+    finally:
+        await routing.close()
+
+
+async def test_a_write_that_cannot_be_queued_fails_its_batch_and_not_the_next(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    routing = Routing(RedisTarget.parse(redis_url).client())
+    writes = Coalescer(routing)
+    key = unique_prefix()
+
+    def broken(batch: Batch) -> int:
+        raise ValueError("a bug")
+
+    def fill(batch: Batch) -> int:
+        batch.call(key, "INCR", key)
+        return 1
+
+    try:
+        with pytest.raises(BrokerUnavailable):
+            await asyncio.wait_for(writes.send(broken), 1000 * MS)
+        assert "coalesced Redis writes failed" in caplog.text
+        assert await writes.send(fill) == [1]
     finally:
         await routing.close()

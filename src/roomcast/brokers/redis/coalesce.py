@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from roomcast.brokers.redis.routing import Batch, Routing
 from roomcast.errors import BrokerUnavailable
 
 __all__ = ["Coalescer"]
+
+_log = logging.getLogger("roomcast.brokers.redis")
 
 Fill = Callable[[Batch], int]
 """Adds a caller's commands to a batch; returns how many it added."""
@@ -76,11 +79,14 @@ class Coalescer:
                         future.set_result(replies[start : start + count])
                     start += count
                 turn = []
-        except BaseException:
-            # Cancelled (closing), or a bug: nobody waits forever.
+        except asyncio.CancelledError:  # closing: nobody waits forever
             queued, self._queued = self._queued, []
             _fail(turn + queued, BrokerUnavailable("presence writes stopped"))
             raise
+        except Exception:  # a bug: said, and nobody waits forever either
+            _log.exception("coalesced Redis writes failed")
+            queued, self._queued = self._queued, []
+            _fail(turn + queued, BrokerUnavailable("presence writes failed"))
         finally:
             self._sender = None
 
