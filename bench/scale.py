@@ -775,7 +775,14 @@ def pct(ordered: Sequence[int], q: float) -> float | None:
 def summary_us(values: list[int]) -> dict[str, float | None]:
     ordered = sorted(values)
     if not ordered:
-        return {"n": 0, "min_ms": None, "p50_ms": None, "p99_ms": None, "max_ms": None}
+        return {  # a broadcast nobody received (its publish failed): the same keys
+            "n": 0,
+            "min_ms": None,
+            "p50_ms": None,
+            "p90_ms": None,
+            "p99_ms": None,
+            "max_ms": None,
+        }
 
     def ms(v: float | None) -> float | None:
         return None if v is None else round(v / 1000, 2)
