@@ -5,6 +5,7 @@
   (:class:`~tests.recording.RecordingConnection`), for tests that run several hubs
   ("pods") in one process, and waiting for its welcome.
 - :func:`store_unheard`: a message stored in a room's history that no pod hears.
+- :func:`command_calls`: how often Redis ran a command (``INFO commandstats``).
 - :class:`RedisProxy`: a TCP proxy that can stop forwarding what Redis sends on the
   connections it holds without closing them (deaf), delay or stall it for subscribers.
 """
@@ -59,6 +60,13 @@ async def welcomed(*conns: RecordingConnection, within: float = 5000 * MS) -> No
         return all("welcome" in conn.events() for conn in conns)
 
     await eventually(all_welcomed, within)
+
+
+async def command_calls(client: Redis, command: str) -> int:
+    """How many times Redis ran ``command`` since its start (``INFO commandstats``;
+    a subcommand as ``"script|exists"``)."""
+    stats = await client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 async def store_unheard(url: str, prefix: str, message: Message) -> None:

@@ -11,7 +11,7 @@ from redis.exceptions import ResponseError
 from roomcast.brokers.redis.connect import RedisTarget
 from roomcast.brokers.redis.routing import Routing
 from tests.redis_support import RedisServer
-from tests.redis_tools import unique_prefix
+from tests.redis_tools import command_calls, unique_prefix
 
 INCR_BY = """
 -- KEYS: a counter. ARGV: how much. Returns the new value.
@@ -31,17 +31,12 @@ def _client(routing: Routing) -> Redis:
     return routing.client_for("any")
 
 
-async def _calls(client: Redis, command: str) -> int:
-    stats = await client.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
-
-
 async def test_a_batch_with_scripts_is_one_pipeline_without_asking_which_are_loaded(
     routing: Routing,
 ) -> None:
     client, script, key = _client(routing), routing.script(INCR_BY), unique_prefix()
     await client.script_load(INCR_BY)
-    before = await _calls(client, "script|exists")
+    before = await command_calls(client, "script|exists")
     value = 0
     for _ in range(5):
         batch = routing.batch()
@@ -51,7 +46,7 @@ async def test_a_batch_with_scripts_is_one_pipeline_without_asking_which_are_loa
         assert (await batch.execute())[1:] == [value + 2, value + 5]
         value += 5
     assert int(await client.get(key)) == value == 25
-    assert await _calls(client, "script|exists") == before  # no round trip to ask
+    assert await command_calls(client, "script|exists") == before  # no round trip to ask
 
 
 async def test_scripts_missing_from_a_restarted_redis_are_loaded_and_run_once(

@@ -12,12 +12,10 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
-
 from roomcast.brokers.redis.connect import RedisTarget
 from roomcast.brokers.redis.presence import RedisPresence
 from tests.redis_support import RedisServer
-from tests.redis_tools import unique_prefix
+from tests.redis_tools import command_calls, unique_prefix
 from tests.support import MS
 
 
@@ -36,11 +34,6 @@ async def pods(url: str, count: int, *, ttl: float) -> AsyncIterator[list[RedisP
             await client.aclose()
 
 
-async def _calls(redis: Redis, command: str) -> int:
-    stats = await redis.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
-
-
 async def test_one_pod_reaps_per_period_however_many_pods_there_are(
     redis_server: RedisServer,
 ) -> None:
@@ -49,11 +42,12 @@ async def test_one_pod_reaps_per_period_however_many_pods_there_are(
             await a.add(f"room-{i}", user_id=f"u{i}", conn_id=f"a{i}")
         redis = RedisTarget.parse(redis_server.url).client()
         try:
-            before = await _calls(redis, "smembers")  # reapers read the rooms' names
+            before = await command_calls(redis, "smembers")  # reapers read the rooms' names
             for _ in range(4):
                 for pod in (b, a, c):  # b is first: it takes the turn and keeps it
                     assert await pod.heartbeat() == []
-            assert await _calls(redis, "smembers") - before == 4  # one reaper per round, not 3
+            reaps = await command_calls(redis, "smembers") - before
+            assert reaps == 4  # one reaper per round, not 3
             assert await redis.get(f"{a._prefix}:presence:reaper") == b"pod1"
         finally:
             await redis.aclose()
