@@ -236,14 +236,8 @@ class Commands:
         config = conn.config
         check = config.on_publish
         if check is None:
-            if config.on_message is None:  # no hook: straight to the broker (_publish_from)
-                try:
-                    pending = self._broker.publish(message)
-                except ProtocolError as exc:
-                    self._hub.send_error(conn, exc)
-                    return None
-                if ref is not None:
-                    pending.add_done_callback(functools.partial(self._acknowledge, conn, ref))
+            if config.on_message is None:  # no hook: straight to the broker
+                self._publish_from(conn, message, ref)
                 return None
             return self._filter(conn, message)
         try:
